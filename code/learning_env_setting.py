@@ -1,0 +1,256 @@
+"""The run directory: its one configuration, its saved config.json, and what to resume from.
+
+A run directory is the identity of a run. Rerunning the same command against it continues
+after the newest complete epoch (named by the `LATEST` file, never guessed from a listing).
+Settings that would change the results must match the saved ones; `--overwrite` is the only
+way anything in it is removed. This module imports no TensorFlow.
+"""
+
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+
+from basic_utils import UserError
+
+DATASETS = ("mnist", "fashion_mnist")
+EPOCH_DIR_PATTERN = re.compile(r"^epoch_(\d{4,})$")
+LATEST_FILE = "LATEST"
+CONFIG_FILE = "config.json"
+# Files and folders this program writes into a run directory; `--overwrite` removes these
+# and nothing else, so a user's own notes in the folder survive.
+RUN_FILES = (CONFIG_FILE, "metrics.csv", "test_result.txt", LATEST_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a run. Saved as config.json and inside every checkpoint."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    lr_decay: float = 0.75
+    seed: int = 0
+    validation_fraction: float = 0.1
+    dataset: str = "mnist"
+    augment: bool = True
+    data_dir: str | None = None
+    run_dir: str | None = None
+    overwrite: bool = False
+
+    def resolved_run_dir(self):
+        """Absolute run directory: `--run-dir`, or runs/<dataset> under the current folder."""
+        return os.path.abspath(self.run_dir or os.path.join("runs", self.dataset))
+
+
+# Settings that change what a run computes. Changing any of them against an existing run
+# directory is refused; `epochs` may grow (the run is extended), the others are cosmetic.
+RESULT_SETTINGS = (
+    "batch_size",
+    "learning_rate",
+    "lr_decay",
+    "seed",
+    "validation_fraction",
+    "dataset",
+    "augment",
+    "model",
+    "data_source",
+    "data_fingerprint",
+)
+
+
+def validate_config(config):
+    """Reject settings that cannot work, with the bad value in the message."""
+    if config.epochs <= 0:
+        raise UserError(f"--epochs must be a positive integer, got {config.epochs}.")
+    if config.batch_size <= 0:
+        raise UserError(f"--batch-size must be a positive integer, got {config.batch_size}.")
+    if not config.learning_rate > 0:
+        raise UserError(f"--learning-rate must be positive, got {config.learning_rate}.")
+    if not 0 < config.lr_decay <= 1:
+        raise UserError(f"--lr-decay must be in (0, 1], got {config.lr_decay}.")
+    if not 0 < config.validation_fraction < 1:
+        raise UserError(
+            f"--validation-fraction must be between 0 and 1 (exclusive), "
+            f"got {config.validation_fraction}."
+        )
+    if config.dataset not in DATASETS:
+        raise UserError(
+            f"unknown --dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}."
+        )
+
+
+def epoch_dir_name(epoch):
+    """Folder name of a 1-based epoch: epoch_0001."""
+    return f"epoch_{epoch:04d}"
+
+
+@dataclasses.dataclass
+class RunDirectory:
+    """An opened, locked run directory and the newest complete epoch found in it."""
+
+    path: str
+    latest_epoch: int  # 0 when no epoch is complete yet
+    saved_config: dict | None  # config.json as saved by an earlier invocation
+    lock_fd: int
+
+    def epoch_path(self, epoch):
+        return os.path.join(self.path, epoch_dir_name(epoch))
+
+    def close(self):
+        os.close(self.lock_fd)
+
+
+def continue_setting(run_dir):
+    """The newest complete epoch of a run directory (0 if none), read from its LATEST file.
+
+    An epoch folder counts as complete only once LATEST names it: folders are written
+    under a temporary name, renamed, and only then is LATEST moved.
+    """
+    latest_path = os.path.join(run_dir, LATEST_FILE)
+    if not os.path.exists(latest_path):
+        return 0
+    with open(latest_path, encoding="utf-8") as handle:
+        name = handle.read().strip()
+    match = EPOCH_DIR_PATTERN.match(name)
+    if not match or not os.path.isdir(os.path.join(run_dir, name)):
+        raise UserError(
+            f"{latest_path} names {name!r}, which is not a complete epoch folder; "
+            "the run directory was edited by hand. Restore it or start over with --overwrite."
+        )
+    return int(match.group(1))
+
+
+def _ensure_writable_directory(path):
+    """Create `path` if needed and prove it is a writable directory."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"run directory {path} is a file; pass another --run-dir.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise UserError(
+            f"cannot write to run directory {path} ({reason}); pass a writable --run-dir."
+        ) from None
+
+
+def _lock(path):
+    """Take an exclusive lock on the run directory so two processes never share one."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            raise UserError(
+                f"run directory {path} is in use by another training process; "
+                "wait for it to finish or pass another --run-dir."
+            ) from None
+        raise
+    return fd
+
+
+def _remove_run_outputs(path):
+    """Delete what this program wrote into `path` (used by --overwrite only)."""
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if name in RUN_FILES:
+            os.remove(full)
+        elif EPOCH_DIR_PATTERN.match(name) or name.startswith(".epoch_"):
+            shutil.rmtree(full)
+
+
+def remove_stale_partials(path):
+    """Delete half-written epoch folders left by an interrupted run; returns their names.
+
+    They are never results: a folder only gets its final name once it is complete.
+    """
+    removed = []
+    for name in sorted(os.listdir(path)):
+        if name.startswith(".epoch_") and name.endswith(".partial"):
+            shutil.rmtree(os.path.join(path, name))
+            removed.append(name)
+    return removed
+
+
+def dir_setting(config):
+    """Open (creating or, with --overwrite, emptying) the run directory of `config`.
+
+    Returns a locked `RunDirectory`. Raises `UserError` for a run directory that is a
+    file, cannot be written, is in use, or was made by this program's future self.
+    """
+    path = config.resolved_run_dir()
+    _ensure_writable_directory(path)
+    lock_fd = _lock(path)
+    try:
+        if config.overwrite:
+            _remove_run_outputs(path)
+        saved_config = None
+        config_path = os.path.join(path, CONFIG_FILE)
+        if os.path.exists(config_path):
+            try:
+                with open(config_path, encoding="utf-8") as handle:
+                    saved_config = json.load(handle)
+            except (OSError, ValueError) as error:
+                raise UserError(
+                    f"{config_path} is unreadable ({error}); fix it, pass another --run-dir, "
+                    "or start over with --overwrite."
+                ) from None
+        latest_epoch = continue_setting(path)
+        if latest_epoch and saved_config is None:
+            raise UserError(
+                f"{path} holds epochs but no {CONFIG_FILE}; pass another --run-dir "
+                "or start over with --overwrite."
+            )
+        return RunDirectory(path, latest_epoch, saved_config, lock_fd)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def config_record(config, data_info, model_name, versions):
+    """The dictionary saved as config.json: settings, data source and library versions."""
+    record = dataclasses.asdict(config)
+    record["run_dir"] = config.resolved_run_dir()
+    record.pop("overwrite")
+    record["model"] = model_name
+    record["data_source"] = data_info["source"]
+    record["data_description"] = data_info["description"]
+    record["data_fingerprint"] = data_info["fingerprint"]
+    record["num_train"] = data_info["num_train"]
+    record["num_validation"] = data_info["num_validation"]
+    record["num_test"] = data_info["num_test"]
+    record["class_names"] = list(data_info["class_names"])
+    record["versions"] = versions
+    return record
+
+
+def config_differences(saved, current):
+    """The result-changing settings that differ, as 'name: old -> new' lines."""
+    differences = []
+    for name in RESULT_SETTINGS:
+        old, new = saved.get(name), current.get(name)
+        if old != new:
+            differences.append(f"{name}: {old!r} -> {new!r}")
+    return differences
+
+
+def check_compatible(run_directory, record):
+    """Refuse to continue a run whose saved settings differ from this invocation's."""
+    if run_directory.saved_config is None:
+        return
+    differences = config_differences(run_directory.saved_config, record)
+    if differences:
+        raise UserError(
+            f"{run_directory.path} was made with other settings ("
+            + "; ".join(differences)
+            + "). Rerun with the old settings, pass another --run-dir, "
+            "or start over with --overwrite."
+        )

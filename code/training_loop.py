@@ -1,0 +1,175 @@
+"""The per-epoch loop: train, validate, test, report, save; resumes after the newest complete epoch.
+
+`run(config)` is what `main.py` calls. It wires the modules together and is the only place
+that prints or writes during training: steps return numbers, `basic_utils` formats them and
+`cp_utils` persists them.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import basic_utils
+import cp_utils
+import dataset_utils
+import learning_env_setting
+import model as model_module
+import train_validation_test
+
+
+def library_versions():
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tensorflow_datasets": tfds.__version__,
+        "numpy": np.__version__,
+        "matplotlib": matplotlib.__version__,
+    }
+
+
+def run(config, raw=None, out=print, arguments=None, script="code/main.py"):
+    """Train `config.epochs` epochs in the run directory of `config`; returns an exit code.
+
+    `raw` injects `dataset_utils.RawData` (tests); `arguments` are the command-line
+    arguments, used to print the command that resumes after an interruption.
+    """
+    arguments = sys.argv[1:] if arguments is None else arguments
+    learning_env_setting.validate_config(config)
+    run_directory = learning_env_setting.dir_setting(config)
+    try:
+        return _run_locked(config, run_directory, raw, out, arguments, script)
+    finally:
+        run_directory.close()
+
+
+def _run_locked(config, run_directory, raw, out, arguments, script):
+    run_dir = run_directory.path
+    out(f"Run directory: {run_dir}")
+    saved_epochs = run_directory.saved_config.get("epochs") if run_directory.saved_config else None
+    if run_directory.latest_epoch >= config.epochs:
+        out(
+            f"Run is complete: {run_directory.latest_epoch} of {config.epochs} epochs done "
+            f"(results in {run_dir}). Nothing to do; raise --epochs to train longer."
+        )
+        return 0
+    removed = learning_env_setting.remove_stale_partials(run_dir)
+    if removed:
+        out(f"Removed half-written epoch folders from an interrupted run: {', '.join(removed)}")
+
+    basic_utils.set_global_seed(config.seed, deterministic=True)
+    data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out)
+    record = learning_env_setting.config_record(
+        config, data.info, model_module.MODEL_NAME, library_versions()
+    )
+    learning_env_setting.check_compatible(run_directory, record)
+    out(
+        f"Data: {data.info['description']}: {data.info['num_train']:,} train, "
+        f"{data.info['num_validation']:,} validation, {data.info['num_test']:,} test images."
+    )
+
+    network = model_module.build_model(num_classes=len(data.class_names))
+    optimizer = train_validation_test.make_optimizer(
+        config.learning_rate, config.lr_decay, data.steps_per_epoch
+    )
+    optimizer.build(network.trainable_variables)
+    out(f"Model: {model_module.MODEL_NAME}, {network.count_params():,} parameters.")
+
+    history = []
+    start_epoch = 1
+    if run_directory.latest_epoch:
+        checkpoint_path = os.path.join(run_directory.epoch_path(run_directory.latest_epoch), "checkpoint")
+        try:
+            epoch, history, _ = cp_utils.restore_checkpoint(checkpoint_path, network, optimizer)
+        except cp_utils.CheckpointError as error:
+            raise basic_utils.UserError(
+                f"cannot resume: {error}. Restore that file, or start over with --overwrite."
+            ) from None
+        start_epoch = epoch + 1
+        out(f"Resuming after epoch {epoch} (of {config.epochs}); starting epoch {start_epoch}.")
+        if saved_epochs and config.epochs != saved_epochs:
+            out(f"Extending the run from {saved_epochs} to {config.epochs} epochs.")
+    # config.json reflects the latest invocation (epochs may have grown); written atomically.
+    cp_utils.atomic_write(
+        os.path.join(run_dir, learning_env_setting.CONFIG_FILE),
+        json.dumps(record, indent=2, sort_keys=True) + "\n",
+    )
+
+    steps = train_validation_test.Steps(network, optimizer)
+    stop_signal = basic_utils.StopSignal()
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            history = _one_epoch(config, data, steps, network, optimizer, epoch, history,
+                                 record, run_dir, out, stop_signal.check)
+            stop_signal.check()
+    except basic_utils.StopRequested as stop:
+        stop_signal.restore()
+        completed = history[-1]["epoch"] if history else 0
+        out(
+            f"\nStopped (signal {stop.signal_number}). Completed epochs are saved "
+            f"({completed} of {config.epochs}); the interrupted epoch will be redone.\n"
+            f"Resume with: {basic_utils.resume_command(script, arguments)}"
+        )
+        return 128 + stop.signal_number
+    finally:
+        stop_signal.restore()
+    best = max(history, key=lambda row: row["val_accuracy"])
+    out(
+        f"Done: {config.epochs} epochs. Final test accuracy {100 * history[-1]['test_accuracy']:.2f}%; "
+        f"best validation accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']} "
+        f"(test {100 * best['test_accuracy']:.2f}%). Results in {run_dir}"
+    )
+    return 0
+
+
+def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, run_dir, out,
+               check_stop):
+    """Train, validate, test and publish one epoch; returns the extended history.
+
+    `check_stop` raises `StopRequested` once SIGINT/SIGTERM arrived; it is polled between
+    training steps, so a stop never interrupts a step or a file being published. A signal
+    that arrives after training (during validation, test or saving) lets the epoch finish.
+    """
+    started = time.perf_counter()
+    train = train_validation_test.go_train(steps, data.train_dataset(epoch), check_stop)
+    validation = train_validation_test.go_validation(
+        steps, data.validation_dataset(), len(data.class_names)
+    )
+    test = train_validation_test.go_test(steps, data.test_dataset(), len(data.class_names))
+    seconds = time.perf_counter() - started
+    row = {
+        "epoch": epoch,
+        "train_loss": train["loss"],
+        "train_accuracy": train["accuracy"],
+        "val_loss": validation["loss"],
+        "val_accuracy": validation["accuracy"],
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "seconds": seconds,
+    }
+    history = history + [row]
+    out(basic_utils.training_reporter(row, config.epochs))
+    title = (
+        f"Validation confusion matrix, epoch {epoch} "
+        f"(accuracy {100 * validation['accuracy']:.2f}%)"
+    )
+    files = {
+        "checkpoint": cp_utils.checkpoint_bytes(network, optimizer, epoch, history, record),
+        "confusion_matrix.png": cp_utils.confusion_matrix_visualizer(
+            validation["confusion_matrix"], data.class_names, title
+        ),
+        "losses_accs.png": cp_utils.loss_acc_visualizer(history),
+        "metrics.json": cp_utils.epoch_metrics_json(
+            row, validation["confusion_matrix"], data.class_names
+        ).encode("utf-8"),
+    }
+    cp_utils.save_losses_model(run_dir, epoch, files, history)
+    return history
