@@ -83,16 +83,18 @@ def format_seconds(seconds):
     return f"{minutes} min {rest:02d} s"
 
 
-def training_reporter(row, total_epochs):
+def training_reporter(row, total_epochs, timing=None):
     """Format one completed epoch as a readable block of text (the caller prints it).
 
     `row` holds the split-prefixed numbers of the epoch (`train_loss`, `val_accuracy`, ...)
-    and `seconds`; accuracies are fractions and are shown as percentages.
+    and `seconds`; accuracies are fractions and are shown as percentages. `timing`, if
+    given, maps phases (train, validation, ...) to seconds and is shown on the first line.
     """
     width = len(str(total_epochs))
-    lines = [
-        f"Epoch {row['epoch']:>{width}}/{total_epochs}  ({format_seconds(row['seconds'])})",
-    ]
+    header = f"Epoch {row['epoch']:>{width}}/{total_epochs}  ({format_seconds(row['seconds'])}"
+    if timing:
+        header += ": " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timing.items())
+    lines = [header + ")"]
     for split, label in (("train", "train"), ("val", "validation"), ("test", "test")):
         lines.append(
             f"  {label:<10}  loss {row[split + '_loss']:.4f}"

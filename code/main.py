@@ -11,7 +11,7 @@ import os
 import sys
 
 # Keep TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) off the console.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import basic_utils  # noqa: E402  (TF_CPP_MIN_LOG_LEVEL must be set first)
 import learning_env_setting  # noqa: E402

