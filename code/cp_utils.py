@@ -12,12 +12,12 @@ redrawn after a resume and tested without training.
 
 import io
 import json
-import math
 import os
 import shutil
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from learning_env_setting import LATEST_FILE, epoch_dir_name
 
@@ -159,7 +159,7 @@ def test_result_text(history):
 
 def _png_bytes(figure):
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
 
@@ -221,19 +221,21 @@ def loss_acc_visualizer(history):
     figure = Figure(figsize=(8.0, 4.8))
     loss_axes = figure.add_subplot()
     accuracy_axes = loss_axes.twinx()
-    marker = "o" if len(epochs) <= 20 else None
+    # Markers only while they stay readable; losses filled circles, accuracies hollow
+    # squares, so that points of the two axes that happen to coincide both stay visible.
+    show_markers = len(epochs) <= 20
     loss_lines = [
-        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], color=color,
-                       linestyle=style, marker=marker, markersize=4, label=f"{name} loss")[0]
-        for split, name, color, style in (("train", "train", "tab:blue", "-"),
-                                          ("val", "validation", "tab:blue", "--"))
+        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], color="tab:blue",
+                       linestyle=style, marker="o" if show_markers else None, markersize=5,
+                       label=f"{name} loss")[0]
+        for split, name, style in (("train", "train", "-"), ("val", "validation", "--"))
     ]
     accuracy_lines = [
         accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history],
-                           color=color, linestyle=style, marker=marker, markersize=4,
-                           label=f"{name} accuracy")[0]
-        for split, name, color, style in (("train", "train", "tab:red", "-"),
-                                          ("val", "validation", "tab:red", "--"))
+                           color="tab:red", linestyle=style,
+                           marker="s" if show_markers else None, markersize=8,
+                           markerfacecolor="none", label=f"{name} accuracy")[0]
+        for split, name, style in (("train", "train", "-"), ("val", "validation", "--"))
     ]
     losses = [row[f"{split}_loss"] for row in history for split in ("train", "val")]
     accuracies = [100 * row[f"{split}_accuracy"] for row in history for split in ("train", "val")]
@@ -241,7 +243,10 @@ def loss_acc_visualizer(history):
     accuracy_axes.set_ylim(*_padded_limits(accuracies, ceiling=100.0))
     last = epochs[-1]
     loss_axes.set_xlim(0.5, max(last, 1) + 0.5)
-    loss_axes.xaxis.get_major_locator().set_params(integer=True)
+    if last <= 12:
+        loss_axes.set_xticks(range(1, last + 1))
+    else:
+        loss_axes.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
     loss_axes.set_xlabel("epoch")
     loss_axes.set_ylabel("loss (cross-entropy)", color="tab:blue")
     accuracy_axes.set_ylabel("accuracy (%)", color="tab:red")
@@ -249,11 +254,13 @@ def loss_acc_visualizer(history):
     accuracy_axes.tick_params(axis="y", colors="tab:red")
     loss_axes.grid(True, alpha=0.3)
     lines = loss_lines + accuracy_lines
-    loss_axes.legend(lines, [line.get_label() for line in lines], loc="center right",
-                     fontsize=8, framealpha=0.9)
+    # Below the axes, so that the legend never hides a curve.
+    loss_axes.legend(lines, [line.get_label() for line in lines], loc="upper center",
+                     bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=8, frameon=False)
     final = history[-1]
+    span = f"Epoch {last}" if last == 1 else f"Epochs 1-{last}"
     loss_axes.set_title(
-        f"Epochs 1-{last}: validation accuracy {100 * final['val_accuracy']:.2f}%, "
+        f"{span}: validation accuracy {100 * final['val_accuracy']:.2f}%, "
         f"loss {final['val_loss']:.4f}"
     )
     figure.tight_layout()
@@ -300,7 +307,3 @@ def epoch_metrics_json(row, confusion_matrix, class_names):
     record["class_names"] = list(class_names)
     record["val_confusion_matrix"] = np.asarray(confusion_matrix).tolist()
     return json.dumps(record, indent=2) + "\n"
-
-
-def is_finite_row(row):
-    return all(math.isfinite(row[column]) for column in METRIC_COLUMNS)

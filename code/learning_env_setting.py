@@ -243,10 +243,18 @@ def config_differences(saved, current):
 
 
 def check_compatible(run_directory, record):
-    """Refuse to continue a run whose saved settings differ from this invocation's."""
+    """Refuse to continue a run whose saved settings differ from this invocation's.
+
+    `record` may be a partial record (just the command-line settings, before the data is
+    loaded): only the names it holds are compared.
+    """
     if run_directory.saved_config is None:
         return
-    differences = config_differences(run_directory.saved_config, record)
+    saved = run_directory.saved_config
+    differences = [
+        line for line in config_differences(saved, record)
+        if line.split(":")[0] in record
+    ]
     if differences:
         raise UserError(
             f"{run_directory.path} was made with other settings ("

@@ -7,7 +7,7 @@ a softmax layer followed by a log.
 
 import keras
 
-MODEL_NAME = "bn-convnet-v2"
+MODEL_NAME = "bn-convnet-v3"
 
 
 @keras.saving.register_keras_serializable(package="mnist_trainer")
@@ -34,16 +34,23 @@ class MnistClassifier(keras.Model):
         self.dropout_rate = dropout
         self.num_classes = num_classes
         layers = keras.layers
+
+        def batch_norm():
+            # Momentum 0.9 (Keras defaults to 0.99): the moving statistics used at
+            # inference then settle within tens of steps, which matters for small datasets
+            # such as the 4,000-digit offline fallback (31 steps per epoch).
+            return layers.BatchNormalization(momentum=0.9)
+
         self.feature_layers = [
             layers.Conv2D(filters[0], 5, strides=2, padding="same", use_bias=False),
-            layers.BatchNormalization(),
+            batch_norm(),
             layers.ReLU(),
             layers.Conv2D(filters[1], 3, padding="same", use_bias=False),
-            layers.BatchNormalization(),
+            batch_norm(),
             layers.ReLU(),
             layers.MaxPooling2D(2),
             layers.Conv2D(filters[2], 3, padding="same", use_bias=False),
-            layers.BatchNormalization(),
+            batch_norm(),
             layers.ReLU(),
             layers.MaxPooling2D(2),
             layers.Flatten(),

@@ -5,6 +5,7 @@ that prints or writes during training: steps return numbers, `basic_utils` forma
 `cp_utils` persists them.
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -55,10 +56,14 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     run_dir = run_directory.path
     out(f"Run directory: {run_dir}")
     saved_epochs = run_directory.saved_config.get("epochs") if run_directory.saved_config else None
+    # Settings from the command line are compared before anything slow happens; the data
+    # fingerprint is compared once the data is loaded.
+    learning_env_setting.check_compatible(run_directory, dataclasses.asdict(config))
     if run_directory.latest_epoch >= config.epochs:
         out(
-            f"Run is complete: {run_directory.latest_epoch} of {config.epochs} epochs done "
-            f"(results in {run_dir}). Nothing to do; raise --epochs to train longer."
+            f"Run is complete: {run_directory.latest_epoch} epochs done (--epochs "
+            f"{config.epochs}); results are in {run_dir}. Nothing to do; raise --epochs "
+            "to train longer."
         )
         return 0
     removed = learning_env_setting.remove_stale_partials(run_dir)
@@ -166,6 +171,7 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         "seconds": sum(timing.values()),
     }
     history = history + [row]
+    out(basic_utils.training_reporter(row, config.epochs, timing))
     title = (
         f"Validation confusion matrix, epoch {epoch} "
         f"(accuracy {100 * validation['accuracy']:.2f}%)"
@@ -180,8 +186,9 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
             row, validation["confusion_matrix"], data.class_names
         ).encode("utf-8"),
     }
-    lap("plots")
-    cp_utils.save_losses_model(run_dir, epoch, files, history)
+    lap("render")
+    folder = cp_utils.save_losses_model(run_dir, epoch, files, history)
     lap("save")
-    out(basic_utils.training_reporter(row, config.epochs, timing))
+    out(f"  saved {folder} (plots and checkpoint rendered in {timing['render']:.1f} s, "
+        f"written in {timing['save']:.2f} s)")
     return history
