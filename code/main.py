@@ -115,7 +115,8 @@ def main(arguments=None):
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nInterrupted before training started; nothing was lost.", file=sys.stderr)
+        print("\nInterrupted. Completed epochs are kept; rerun the same command to resume.",
+              file=sys.stderr)
         return 130
 
 

@@ -114,13 +114,14 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         for epoch in range(start_epoch, config.epochs + 1):
             history = _one_epoch(config, data, steps, network, optimizer, epoch, history,
                                  record, run_dir, out, stop_signal.check)
-            stop_signal.check()
+            if epoch < config.epochs:
+                stop_signal.check()
     except basic_utils.StopRequested as stop:
         stop_signal.restore()
         completed = history[-1]["epoch"] if history else 0
         out(
             f"\nStopped (signal {stop.signal_number}). Completed epochs are saved "
-            f"({completed} of {config.epochs}); the interrupted epoch will be redone.\n"
+            f"({completed} of {config.epochs}); a partly trained epoch is redone on resume.\n"
             f"Resume with: {basic_utils.resume_command(script, arguments)}"
         )
         return 128 + stop.signal_number
