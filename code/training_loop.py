@@ -61,9 +61,8 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     learning_env_setting.check_compatible(run_directory, dataclasses.asdict(config))
     if run_directory.latest_epoch >= config.epochs:
         out(
-            f"Run is complete: {run_directory.latest_epoch} epochs done (--epochs "
-            f"{config.epochs}); results are in {run_dir}. Nothing to do; raise --epochs "
-            "to train longer."
+            f"Run is complete ({run_directory.latest_epoch} of {config.epochs} epochs done); "
+            f"results are in {run_dir}. Nothing to do; raise --epochs to train longer."
         )
         return 0
     removed = learning_env_setting.remove_stale_partials(run_dir)
