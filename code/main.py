@@ -7,6 +7,7 @@ Errors the user can fix end with one line on stderr and exit code 2, never a tra
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -26,44 +27,27 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}. See --help.\n")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _converter(parse, accept, expected):
+    """An argparse `type` that parses with `parse` and keeps values `accept` allows."""
+
+    def convert(text):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        # NaN fails every comparison, so it is rejected along with out-of-range values.
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return convert
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {text!r}")
-    return value
-
-
-def _decay(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+_positive_int = _converter(int, lambda value: value > 0, "a positive integer")
+_positive_float = _converter(float, lambda value: 0 < value < math.inf, "a positive number")
+_fraction = _converter(float, lambda value: 0 < value < 1,
+                       "a number between 0 and 1 (exclusive)")
+_decay = _converter(float, lambda value: 0 < value <= 1, "a number in (0, 1]")
 
 
 def build_parser():
