@@ -48,7 +48,7 @@ def read_metrics(run_dir):
 def two_epoch_run(tmp_path, tiny_mnist_dir, capsys):
     run_dir = tmp_path / "run"
     code, out, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
-                              "--epochs", 2, "--batch-size", 32)
+                              "--epochs", 2, "--batch-size", 16)
     assert code == 0, err
     return run_dir, out
 
@@ -69,7 +69,7 @@ def test_two_epochs_write_exactly_the_documented_layout(two_epoch_run):
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert rows[1]["val_accuracy"] > 0.3
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["epochs"] == 2 and config["batch_size"] == 32 and config["seed"] == 0
+    assert config["epochs"] == 2 and config["batch_size"] == 16 and config["seed"] == 0
     assert config["data_source"] == "idx" and len(config["data_fingerprint"]) == 64
     assert "tensorflow" in config["versions"] and "keras" in config["versions"]
     epoch_metrics = json.loads((run_dir / "epoch_0002" / "metrics.json").read_text())
@@ -86,7 +86,7 @@ def test_rerun_with_more_epochs_trains_only_the_new_epoch(two_epoch_run, tiny_mn
     before = {name: tree_digest(run_dir / name) for name in ("epoch_0001", "epoch_0002")}
     rows_before = read_metrics(run_dir)
     code, out, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
-                              "--epochs", 3, "--batch-size", 32)
+                              "--epochs", 3, "--batch-size", 16)
     assert code == 0, err
     assert "Resuming after epoch 2" in out
     assert "Epoch 3/3" in out and "Epoch 1/3" not in out and "Epoch 2/3" not in out
@@ -103,7 +103,7 @@ def test_rerunning_a_finished_run_changes_nothing(two_epoch_run, tiny_mnist_dir,
     run_dir, _ = two_epoch_run
     before = tree_digest(run_dir)
     code, out, _ = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
-                            "--epochs", 2, "--batch-size", 32)
+                            "--epochs", 2, "--batch-size", 16)
     assert code == 0
     assert "Run is complete" in out
     assert tree_digest(run_dir) == before
@@ -115,7 +115,7 @@ def test_changed_settings_are_refused_and_listed(two_epoch_run, tiny_mnist_dir, 
     code, _, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
                             "--epochs", 3, "--batch-size", 64, "--seed", 5)
     assert code == 2
-    assert "batch_size: 32 -> 64" in err and "seed: 0 -> 5" in err
+    assert "batch_size: 16 -> 64" in err and "seed: 0 -> 5" in err
     assert "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert tree_digest(run_dir) == before
 
@@ -139,7 +139,7 @@ def test_half_written_epoch_folder_is_never_resumed_from(two_epoch_run, tiny_mni
     partial.mkdir()
     (partial / "checkpoint").write_bytes(b"half a checkpoint")
     code, out, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
-                              "--epochs", 3, "--batch-size", 32)
+                              "--epochs", 3, "--batch-size", 16)
     assert code == 0, err
     assert "Resuming after epoch 2" in out and ".epoch_0003.partial" in out
     assert not partial.exists()
@@ -149,7 +149,7 @@ def test_half_written_epoch_folder_is_never_resumed_from(two_epoch_run, tiny_mni
 def test_default_command_uses_tensorflow_datasets(tmp_path, capsys):
     with tfds.testing.mock_data(num_examples=120):
         code, out, err = run_main(capsys, "--run-dir", tmp_path / "run", "--epochs", 1,
-                                  "--batch-size", 32)
+                                  "--batch-size", 16)
     assert code == 0, err
     assert "tensorflow-datasets 'mnist'" in out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
