@@ -21,9 +21,10 @@ class StopRequested(Exception):
     `signal_number` tells the loop which exit code to use (130 for SIGINT, 143 for SIGTERM).
     """
 
-    def __init__(self, signal_number):
+    def __init__(self, signal_number, detail=""):
         super().__init__(f"stopped by signal {signal_number}")
         self.signal_number = signal_number
+        self.detail = detail
 
 
 class StopSignal:
@@ -45,9 +46,10 @@ class StopSignal:
             raise KeyboardInterrupt
         self.received = signal_number
 
-    def check(self):
+    def check(self, detail=""):
+        """Raise `StopRequested` (carrying `detail` for the message) if a signal arrived."""
         if self.received is not None:
-            raise StopRequested(self.received)
+            raise StopRequested(self.received, detail)
 
     def restore(self):
         """Put back the handlers that were installed before (safe to call twice)."""

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -25,7 +26,11 @@ METRIC_COLUMNS = (
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
     "test_loss", "test_accuracy", "seconds",
 )
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+IN_PROGRESS_FILE = "in_progress.checkpoint"
+# Test-only fault injection: seconds to pause inside every durable write, which widens
+# the window in which the kill-and-resume test can kill a process mid-write.
+_WRITE_PAUSE = float(os.environ.get("MNIST_TRAINER_WRITE_PAUSE", "0"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -45,7 +50,12 @@ def fsync_directory(path):
 def write_bytes_durably(path, data):
     """Write `data` to `path` and fsync it (no rename: for files inside a partial folder)."""
     with open(path, "wb") as handle:
-        handle.write(data)
+        half = len(data) // 2
+        handle.write(data[:half])
+        if _WRITE_PAUSE:
+            handle.flush()
+            time.sleep(_WRITE_PAUSE)
+        handle.write(data[half:])
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -65,16 +75,24 @@ def atomic_write(path, data):
 # ----------------------------------------------------------------------------------------
 
 
-def checkpoint_bytes(model, optimizer, epoch, history, config_record):
+def checkpoint_bytes(model, optimizer, epoch, history, config_record, step=0, train_sums=None):
     """Serialise everything resume needs into one .npz archive (as bytes).
 
-    Model variables include the batch-norm moving statistics; optimizer variables include
-    its iteration count (which drives the learning-rate schedule) and Adam's moments.
-    Variables are stored in creation order and checked by shape when restored.
+    Model variables include the batch-norm moving statistics and the dropout layer's
+    random-generator state; optimizer variables include its iteration count (which drives
+    the learning-rate schedule) and Adam's moments. Variables are stored in creation order
+    and checked by shape when restored.
+
+    An end-of-epoch checkpoint has `step=0`: `epoch` is complete. A mid-epoch checkpoint
+    has `step` > 0: `epoch` is in progress, `step` of its batches are done and
+    `train_sums` holds the running (loss sum, correct, count) of those batches.
     """
     arrays = {
         "format": np.array(CHECKPOINT_FORMAT),
         "epoch": np.array(epoch),
+        "step": np.array(step),
+        "train_sums": np.asarray(train_sums if train_sums is not None else np.zeros(3),
+                                 dtype=np.float64),
         "history": np.array(json.dumps(history)),
         "config": np.array(json.dumps(config_record, sort_keys=True)),
     }
@@ -93,8 +111,9 @@ class CheckpointError(Exception):
 def restore_checkpoint(path, model, optimizer):
     """Load weights and optimizer state from `path` into built `model` and `optimizer`.
 
-    Returns (epoch, history, config_record). Raises `CheckpointError` when the file is
-    unreadable or does not match the model.
+    Returns a dict with `epoch`, `step`, `train_sums`, `history` and `config`. Raises
+    `CheckpointError` when the file is missing, truncated, corrupt (the archive's CRC-32
+    checks catch flipped bytes) or does not match the model; nothing is assigned then.
     """
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -103,6 +122,7 @@ def restore_checkpoint(path, model, optimizer):
         raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {error})") from None
     if int(contents.get("format", -1)) != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this program (format mismatch)")
+    assignments = []
     for prefix, variables in (("model", model.variables), ("optimizer", optimizer.variables)):
         keys = sorted(key for key in contents if key.startswith(prefix + "/"))
         if len(keys) != len(variables):
@@ -115,11 +135,21 @@ def restore_checkpoint(path, model, optimizer):
                 raise CheckpointError(
                     f"{path}: {key} has shape {value.shape}, {variable.path} needs {variable.shape}"
                 )
-            variable.assign(value)
-    epoch = int(contents["epoch"])
-    history = json.loads(str(contents["history"]))
-    config_record = json.loads(str(contents["config"]))
-    return epoch, history, config_record
+            assignments.append((variable, value))
+    try:
+        state = {
+            "epoch": int(contents["epoch"]),
+            "step": int(contents["step"]),
+            "train_sums": np.asarray(contents["train_sums"], dtype=np.float64),
+            "history": json.loads(str(contents["history"])),
+            "config": json.loads(str(contents["config"])),
+        }
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{path} lacks or garbles {error}") from None
+    # Assign only once everything was read and checked, so a bad file changes nothing.
+    for variable, value in assignments:
+        variable.assign(value)
+    return state
 
 
 # ----------------------------------------------------------------------------------------
@@ -131,7 +161,10 @@ def metrics_csv_text(history):
     """metrics.csv: a header and one row per epoch; floats at full (repr) precision."""
     lines = [",".join(METRIC_COLUMNS)]
     for row in history:
-        lines.append(",".join(repr(row[column]) for column in METRIC_COLUMNS))
+        lines.append(",".join(
+            str(row[column]) if column == "epoch" else repr(float(row[column]))
+            for column in METRIC_COLUMNS
+        ))
     return "\n".join(lines) + "\n"
 
 
@@ -298,7 +331,21 @@ def save_losses_model(run_dir, epoch, files, history):
     atomic_write(os.path.join(run_dir, "metrics.csv"), metrics_csv_text(history))
     atomic_write(os.path.join(run_dir, "test_result.txt"), test_result_text(history))
     atomic_write(os.path.join(run_dir, LATEST_FILE), name + "\n")
+    # The mid-epoch checkpoint of this epoch is superseded by the published folder.
+    remove_in_progress(run_dir)
     return final_path
+
+
+def save_in_progress(run_dir, data):
+    """Atomically replace the run's mid-epoch checkpoint with `data`."""
+    atomic_write(os.path.join(run_dir, IN_PROGRESS_FILE), data)
+
+
+def remove_in_progress(run_dir):
+    path = os.path.join(run_dir, IN_PROGRESS_FILE)
+    if os.path.exists(path):
+        os.remove(path)
+        fsync_directory(run_dir)
 
 
 def epoch_metrics_json(row, confusion_matrix, class_names):

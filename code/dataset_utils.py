@@ -391,8 +391,13 @@ class MnistData:
     def steps_per_epoch(self):
         return math.ceil(len(self.train_labels) / self.batch_size)
 
-    def train_dataset(self, epoch):
-        """Batches of (float images, labels) for 1-based `epoch`, in an order fixed by (seed, epoch)."""
+    def train_dataset(self, epoch, skip=0):
+        """Batches of (float images, labels) for 1-based `epoch`, in an order fixed by (seed, epoch).
+
+        `skip` leaves out the first batches (already trained before a mid-epoch
+        checkpoint); batch indices, and so the augmentation draws, stay those of the
+        whole epoch.
+        """
         import tensorflow as tf
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
@@ -413,6 +418,7 @@ class MnistData:
             tf.data.Dataset.from_tensor_slices(order)
             .batch(self.batch_size)
             .enumerate()
+            .skip(skip)
             .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE)
         )

@@ -22,7 +22,7 @@ LATEST_FILE = "LATEST"
 CONFIG_FILE = "config.json"
 # Files and folders this program writes into a run directory; `--overwrite` removes these
 # and nothing else, so a user's own notes in the folder survive.
-RUN_FILES = (CONFIG_FILE, "metrics.csv", "test_result.txt", LATEST_FILE)
+RUN_FILES = (CONFIG_FILE, "metrics.csv", "test_result.txt", LATEST_FILE, "in_progress.checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Config:
     validation_fraction: float = 0.1
     dataset: str = "mnist"
     augment: bool = True
+    deterministic: bool = True
+    checkpoint_every_steps: int = 250
     data_dir: str | None = None
     run_dir: str | None = None
     overwrite: bool = False
@@ -56,6 +58,7 @@ RESULT_SETTINGS = (
     "validation_fraction",
     "dataset",
     "augment",
+    "deterministic",
     "model",
     "data_source",
     "data_fingerprint",
@@ -76,6 +79,10 @@ def validate_config(config):
         raise UserError(
             f"--validation-fraction must be between 0 and 1 (exclusive), "
             f"got {config.validation_fraction}."
+        )
+    if config.checkpoint_every_steps < 0:
+        raise UserError(
+            f"--checkpoint-every-steps must be 0 (off) or positive, got {config.checkpoint_every_steps}."
         )
     if config.dataset not in DATASETS:
         raise UserError(

@@ -44,6 +44,7 @@ def _converter(parse, accept, expected):
 
 
 _positive_int = _converter(int, lambda value: value > 0, "a positive integer")
+_non_negative_int = _converter(int, lambda value: value >= 0, "0 or a positive integer")
 _positive_float = _converter(float, lambda value: 0 < value < math.inf, "a positive number")
 _fraction = _converter(float, lambda value: 0 < value < 1,
                        "a number between 0 and 1 (exclusive)")
@@ -72,6 +73,14 @@ def build_parser():
                         default=DEFAULTS.dataset, help="tensorflow-datasets name (default: %(default)s)")
     parser.add_argument("--no-augment", dest="augment", action="store_false",
                         help="turn off training augmentation (small random rotation, zoom and shift; on by default)")
+    parser.add_argument("--no-determinism", dest="deterministic", action="store_false",
+                        help="allow TensorFlow's non-deterministic kernels (faster on some GPUs; "
+                             "runs are then not bit-reproducible)")
+    parser.add_argument("--checkpoint-every-steps", type=_non_negative_int,
+                        default=DEFAULTS.checkpoint_every_steps,
+                        help="also checkpoint inside an epoch every N training steps, so an "
+                             "interruption loses at most N steps; 0 turns it off "
+                             "(default: %(default)s)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the four IDX files (.gz or raw) instead of downloading")
     parser.add_argument("--run-dir", default=None,

@@ -79,22 +79,30 @@ class Steps:
 
 
 def resetter():
-    """Fresh running sums (loss, correct, count) for one pass over a split."""
-    return tf.zeros([3], tf.float32)
+    """Fresh running sums (loss, correct, count) for one pass over a split (float64)."""
+    return np.zeros(3)
 
 
-def go_train(steps, dataset, should_stop=None):
-    """Train one epoch over `dataset`; returns {'loss': mean loss, 'accuracy': fraction}.
+def go_train(steps, dataset, should_stop=None, start_step=0, sums=None, after_step=None):
+    """Train over `dataset` (the rest of one epoch); returns {'loss', 'accuracy'}.
 
     Loss and accuracy are measured on the augmented training batches, in training mode
-    (dropout on), as the model saw them.
+    (dropout on), as the model saw them. `start_step` and `sums` continue an epoch that a
+    mid-epoch checkpoint interrupted; `after_step(step, sums)` runs after every step (the
+    loop writes mid-epoch checkpoints from it) and `should_stop()` after that.
     """
-    sums = resetter()
+    sums = resetter() if sums is None else np.array(sums, dtype=np.float64)
+    step = start_step
     for images, labels in dataset:
-        sums += steps.train_step(images, labels)
+        # Reading the step's numbers back waits for it to finish, so a checkpoint written
+        # after it holds exactly the state that produced them.
+        sums += steps.train_step(images, labels).numpy()
+        step += 1
+        if after_step is not None:
+            after_step(step, sums)
         if should_stop is not None:
             should_stop()
-    loss_sum, correct, count = (float(value) for value in sums.numpy())
+    loss_sum, correct, count = (float(value) for value in sums)
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
 

@@ -69,7 +69,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     if removed:
         out(f"Removed half-written epoch folders from an interrupted run: {', '.join(removed)}")
 
-    basic_utils.set_global_seed(config.seed, deterministic=True)
+    basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out)
     record = learning_env_setting.config_record(
         config, data.info, model_module.MODEL_NAME, library_versions()
@@ -87,18 +87,13 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     optimizer.build(network.trainable_variables)
     out(f"Model: {model_module.MODEL_NAME}, {network.count_params():,} parameters.")
 
-    history = []
-    start_epoch = 1
-    if run_directory.latest_epoch:
-        checkpoint_path = os.path.join(run_directory.epoch_path(run_directory.latest_epoch), "checkpoint")
-        try:
-            epoch, history, _ = cp_utils.restore_checkpoint(checkpoint_path, network, optimizer)
-        except cp_utils.CheckpointError as error:
-            raise basic_utils.UserError(
-                f"cannot resume: {error}. Restore that file, or start over with --overwrite."
-            ) from None
-        start_epoch = epoch + 1
-        out(f"Resuming after epoch {epoch} (of {config.epochs}); starting epoch {start_epoch}.")
+    state = _restore_newest(run_directory, network, optimizer, out)
+    history = state["history"]
+    start_epoch, start_step = state["epoch"], state["step"]
+    if state["source"]:
+        position = f" at step {start_step + 1} of {data.steps_per_epoch}" if start_step else ""
+        out(f"Resuming after epoch {start_epoch - 1} (of {config.epochs}) from "
+            f"{state['source']}; starting epoch {start_epoch}{position}.")
         if saved_epochs and config.epochs != saved_epochs:
             out(f"Extending the run from {saved_epochs} to {config.epochs} epochs.")
     # config.json reflects the latest invocation (epochs may have grown); written atomically.
@@ -111,8 +106,9 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     stop_signal = basic_utils.StopSignal()
     try:
         for epoch in range(start_epoch, config.epochs + 1):
+            resume = state if epoch == start_epoch and start_step else None
             history = _one_epoch(config, data, steps, network, optimizer, epoch, history,
-                                 record, run_dir, out, stop_signal.check)
+                                 record, run_dir, out, stop_signal, resume)
             if epoch < config.epochs:
                 stop_signal.check()
     except basic_utils.StopRequested as stop:
@@ -120,7 +116,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         completed = history[-1]["epoch"] if history else 0
         out(
             f"\nStopped (signal {stop.signal_number}). Completed epochs are saved "
-            f"({completed} of {config.epochs}); a partly trained epoch is redone on resume.\n"
+            f"({completed} of {config.epochs}){stop.detail}.\n"
             f"Resume with: {basic_utils.resume_command(script, arguments)}"
         )
         return 128 + stop.signal_number
@@ -135,13 +131,56 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     return 0
 
 
+def _restore_newest(run_directory, network, optimizer, out):
+    """Load the newest readable checkpoint into `network` and `optimizer`.
+
+    Candidates, newest first: the mid-epoch checkpoint (if it continues the epoch after
+    LATEST), then the epoch folders from LATEST downwards. A candidate that is missing,
+    truncated or corrupt is reported with a warning naming the file and skipped, so a
+    damaged newest checkpoint costs the work since the previous one, never the run.
+    Returns {'epoch': epoch to train next, 'step', 'train_sums', 'history', 'source'}.
+    """
+    fresh = {"epoch": 1, "step": 0, "train_sums": None, "history": [], "source": None}
+    latest = run_directory.latest_epoch
+    candidates = []
+    in_progress = os.path.join(run_directory.path, cp_utils.IN_PROGRESS_FILE)
+    if os.path.exists(in_progress):
+        candidates.append(in_progress)
+    candidates += [
+        os.path.join(run_directory.epoch_path(epoch), "checkpoint") for epoch in range(latest, 0, -1)
+    ]
+    for path in candidates:
+        try:
+            state = cp_utils.restore_checkpoint(path, network, optimizer)
+        except cp_utils.CheckpointError as error:
+            out(f"WARNING: skipping checkpoint {path}: {error}")
+            continue
+        if state["step"]:
+            if state["epoch"] != latest + 1:
+                out(f"WARNING: ignoring {path}: it continues epoch {state['epoch']}, "
+                    f"but the newest complete epoch is {latest}.")
+                continue
+            state["source"] = f"mid-epoch checkpoint {path}"
+        else:
+            state["epoch"] += 1
+            state["source"] = f"checkpoint {path}"
+        return state
+    if latest:
+        out(f"WARNING: no readable checkpoint among {len(candidates)} candidates; "
+            "starting from epoch 1 (nothing is deleted; completed epoch folders are replaced "
+            "as the run passes them again).")
+    return fresh
+
+
 def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, run_dir, out,
-               check_stop):
+               stop_signal, resume=None):
     """Train, validate, test and publish one epoch; returns the extended history.
 
-    `check_stop` raises `StopRequested` once SIGINT/SIGTERM arrived; it is polled between
-    training steps, so a stop never interrupts a step or a file being published. A signal
-    that arrives after training (during validation, test or saving) lets the epoch finish.
+    `resume` (a restored mid-epoch state) continues the epoch at its next batch. Every
+    `config.checkpoint_every_steps` steps, and when SIGINT/SIGTERM arrived, the state
+    after the step is written to the run's mid-epoch checkpoint; after a signal the epoch
+    then stops with `StopRequested`. A signal that arrives after training (during
+    validation, test or saving) lets the epoch finish first.
     """
     clock = time.perf_counter()
     timing = {}
@@ -152,7 +191,21 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         timing[name] = now - clock
         clock = now
 
-    train = train_validation_test.go_train(steps, data.train_dataset(epoch), check_stop)
+    start_step = resume["step"] if resume else 0
+    every = config.checkpoint_every_steps
+
+    def after_step(step, sums):
+        stopping = stop_signal.received is not None
+        if (stopping or (every and step % every == 0)) and step < data.steps_per_epoch:
+            cp_utils.save_in_progress(run_dir, cp_utils.checkpoint_bytes(
+                network, optimizer, epoch, history, record, step=step, train_sums=sums))
+        if stopping:
+            stop_signal.check(
+                f"; epoch {epoch} is checkpointed after step {step} of {data.steps_per_epoch}")
+
+    train = train_validation_test.go_train(
+        steps, data.train_dataset(epoch, skip=start_step), start_step=start_step,
+        sums=resume["train_sums"] if resume else None, after_step=after_step)
     lap("train")
     validation = train_validation_test.go_validation(
         steps, data.validation_dataset(), len(data.class_names)
