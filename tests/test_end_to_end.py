@@ -1,9 +1,12 @@
 """The whole application on tiny data: layout, resume, extension, interruption, bad input."""
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,13 +47,29 @@ def read_metrics(run_dir):
     return [dict(zip(COLUMNS, map(float, line.split(",")))) for line in lines[1:]]
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return helpers.write_mnist_folder(tmp_path_factory.mktemp("idx"), train=300, test=100)
+
+
+@pytest.fixture(scope="module")
+def finished_two_epoch_run(tiny_dir, tmp_path_factory):
+    """One 2-epoch run per module; tests get their own copy of it."""
+    run_dir = tmp_path_factory.mktemp("base") / "run"
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = main.main(["--data-dir", tiny_dir, "--run-dir", str(run_dir), "--epochs", "2",
+                          "--batch-size", "16"])
+    assert code == 0, output.getvalue()
+    return run_dir, output.getvalue()
+
+
 @pytest.fixture
-def two_epoch_run(tmp_path, tiny_mnist_dir, capsys):
+def two_epoch_run(finished_two_epoch_run, tmp_path):
+    base, output = finished_two_epoch_run
     run_dir = tmp_path / "run"
-    code, out, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
-                              "--epochs", 2, "--batch-size", 16)
-    assert code == 0, err
-    return run_dir, out
+    shutil.copytree(base, run_dir)
+    return run_dir, output
 
 
 def test_two_epochs_write_exactly_the_documented_layout(two_epoch_run):
@@ -81,11 +100,11 @@ def test_two_epochs_write_exactly_the_documented_layout(two_epoch_run):
     assert "test_result" not in out and "test" in (run_dir / "test_result.txt").read_text()
 
 
-def test_rerun_with_more_epochs_trains_only_the_new_epoch(two_epoch_run, tiny_mnist_dir, capsys):
+def test_rerun_with_more_epochs_trains_only_the_new_epoch(two_epoch_run, tiny_dir, capsys):
     run_dir, _ = two_epoch_run
     before = {name: tree_digest(run_dir / name) for name in ("epoch_0001", "epoch_0002")}
     rows_before = read_metrics(run_dir)
-    code, out, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                               "--epochs", 3, "--batch-size", 16)
     assert code == 0, err
     assert "Resuming after epoch 2" in out
@@ -99,20 +118,20 @@ def test_rerun_with_more_epochs_trains_only_the_new_epoch(two_epoch_run, tiny_mn
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
 
 
-def test_rerunning_a_finished_run_changes_nothing(two_epoch_run, tiny_mnist_dir, capsys):
+def test_rerunning_a_finished_run_changes_nothing(two_epoch_run, tiny_dir, capsys):
     run_dir, _ = two_epoch_run
     before = tree_digest(run_dir)
-    code, out, _ = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
+    code, out, _ = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                             "--epochs", 2, "--batch-size", 16)
     assert code == 0
     assert "Run is complete" in out
     assert tree_digest(run_dir) == before
 
 
-def test_changed_settings_are_refused_and_listed(two_epoch_run, tiny_mnist_dir, capsys):
+def test_changed_settings_are_refused_and_listed(two_epoch_run, tiny_dir, capsys):
     run_dir, _ = two_epoch_run
     before = tree_digest(run_dir)
-    code, _, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
+    code, _, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                             "--epochs", 3, "--batch-size", 64, "--seed", 5)
     assert code == 2
     assert "batch_size: 16 -> 64" in err and "seed: 0 -> 5" in err
@@ -120,10 +139,10 @@ def test_changed_settings_are_refused_and_listed(two_epoch_run, tiny_mnist_dir, 
     assert tree_digest(run_dir) == before
 
 
-def test_overwrite_starts_over_but_keeps_foreign_files(two_epoch_run, tiny_mnist_dir, capsys):
+def test_overwrite_starts_over_but_keeps_foreign_files(two_epoch_run, tiny_dir, capsys):
     run_dir, _ = two_epoch_run
     (run_dir / "my_notes.txt").write_text("keep me")
-    code, out, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                               "--epochs", 1, "--batch-size", 64, "--overwrite")
     assert code == 0, err
     assert "Resuming" not in out
@@ -132,13 +151,13 @@ def test_overwrite_starts_over_but_keeps_foreign_files(two_epoch_run, tiny_mnist
     assert len(read_metrics(run_dir)) == 1
 
 
-def test_half_written_epoch_folder_is_never_resumed_from(two_epoch_run, tiny_mnist_dir, capsys):
+def test_half_written_epoch_folder_is_never_resumed_from(two_epoch_run, tiny_dir, capsys):
     run_dir, _ = two_epoch_run
     # What a crash while saving epoch 3 leaves: a partial folder, LATEST still at epoch 2.
     partial = run_dir / ".epoch_0003.partial"
     partial.mkdir()
     (partial / "checkpoint").write_bytes(b"half a checkpoint")
-    code, out, err = run_main(capsys, "--data-dir", tiny_mnist_dir, "--run-dir", run_dir,
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                               "--epochs", 3, "--batch-size", 16)
     assert code == 0, err
     assert "Resuming after epoch 2" in out and ".epoch_0003.partial" in out
@@ -236,7 +255,7 @@ def wait_for(predicate, process, timeout=180):
 
 
 def test_sigkill_after_epoch_one_resumes_at_epoch_two(tmp_path):
-    data_dir = helpers.write_mnist_folder(tmp_path / "idx", train=2000, test=200)
+    data_dir = helpers.write_mnist_folder(tmp_path / "idx", train=1200, test=100)
     run_dir = tmp_path / "run"
     arguments = ["--data-dir", data_dir, "--run-dir", run_dir, "--epochs", 3, "--batch-size", 32]
     process = start(arguments)

@@ -1,0 +1,176 @@
+"""Exact resume: kills at random moments, damaged checkpoints, signals, determinism.
+
+Runs are compared on every metrics.csv column except `seconds` (wall-clock time, which no
+two runs share) and on the final weights, byte for byte.
+"""
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import helpers
+import main
+from conftest import REPO_ROOT
+
+MAIN = str(REPO_ROOT / "code" / "main.py")
+
+
+def arguments(data_dir, run_dir, epochs=3, every=5):
+    return ["--data-dir", data_dir, "--run-dir", run_dir, "--epochs", epochs,
+            "--batch-size", 16, "--checkpoint-every-steps", every]
+
+
+def environment(**extra):
+    return dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3", **extra)
+
+
+def run_to_end(args, **extra_env):
+    result = subprocess.run([sys.executable, MAIN, *map(str, args)], capture_output=True,
+                            text=True, env=environment(**extra_env), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def run_in_process(capsys, args):
+    """The same command in this process (TensorFlow is already loaded: much faster)."""
+    code = main.main([str(argument) for argument in args])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    return captured.out
+
+
+def metrics_without_seconds(run_dir):
+    lines = (pathlib.Path(run_dir) / "metrics.csv").read_text().splitlines()
+    return [",".join(line.split(",")[:-1]) for line in lines]
+
+
+def final_weights(run_dir):
+    latest = (pathlib.Path(run_dir) / "LATEST").read_text().strip()
+    with np.load(pathlib.Path(run_dir) / latest / "checkpoint") as archive:
+        return {key: archive[key] for key in archive.files if key.startswith(("model/", "optimizer/"))}
+
+
+def assert_same_run(run_a, run_b):
+    assert metrics_without_seconds(run_a) == metrics_without_seconds(run_b)
+    weights_a, weights_b = final_weights(run_a), final_weights(run_b)
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        np.testing.assert_array_equal(weights_a[key], weights_b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return helpers.write_mnist_folder(tmp_path_factory.mktemp("idx"), train=600, test=100)
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """An uninterrupted 3-epoch run (34 steps per epoch, mid-epoch checkpoints every 5)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run_to_end(arguments(data_dir, run_dir))
+    return run_dir
+
+
+def test_two_uninterrupted_runs_are_identical(data_dir, reference, tmp_path, capsys):
+    run_in_process(capsys, arguments(data_dir, tmp_path / "again"))
+    assert_same_run(reference, tmp_path / "again")
+
+
+def _kill_when(process, predicate, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False  # finished before the moment came
+        if predicate():
+            process.kill()
+            process.wait()
+            return True
+        time.sleep(0.002)
+    process.kill()
+    raise AssertionError("the moment to kill never came")
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(data_dir, reference, tmp_path):
+    """Kills: 3 at seeded random times after training started, 1 inside a mid-epoch
+    checkpoint write, 1 inside an epoch-folder write; then run to the end."""
+    run_dir = tmp_path / "run"
+    args = [sys.executable, MAIN, *map(str, arguments(data_dir, run_dir))]
+    rng = np.random.default_rng(1234)
+    kills = 0
+    plan = [("random", float(delay)) for delay in rng.uniform(0.5, 4.0, size=3)]
+    plan += [("in_progress_write", 0.0), ("epoch_write", 0.0)]
+    for kind, delay in plan:
+        pause = {"MNIST_TRAINER_WRITE_PAUSE": "0.2"} if kind != "random" else {}
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, env=environment(**pause))
+        if kind == "random":
+            # Wait until training is under way (the parameter count is printed just before).
+            for line in process.stdout:
+                if line.startswith("Model:"):
+                    break
+            started = time.monotonic()
+            killed = _kill_when(process, lambda: time.monotonic() - started > delay)
+        elif kind == "in_progress_write":
+            killed = _kill_when(process, lambda: any(
+                name.startswith("in_progress.checkpoint.tmp-") for name in os.listdir(run_dir))
+                if run_dir.exists() else False)
+        else:
+            killed = _kill_when(process, lambda: any(
+                name.endswith(".partial") for name in os.listdir(run_dir))
+                if run_dir.exists() else False)
+        kills += killed
+    assert kills >= 4
+    output = run_to_end(arguments(data_dir, run_dir))
+    assert "Resuming after epoch" in output
+    assert_same_run(reference, run_dir)
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_at_the_next_step(data_dir, reference, tmp_path,
+                                                                    capsys):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, MAIN, *map(str, arguments(data_dir, run_dir, every=0))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment())
+    for line in process.stdout:
+        if line.startswith("Model:"):
+            break
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "checkpointed after step" in out and "Resume with: python" in out
+    assert (run_dir / "in_progress.checkpoint").exists()
+    output = run_in_process(capsys, arguments(data_dir, run_dir, every=0))
+    assert " at step " in output
+    assert not (run_dir / "in_progress.checkpoint").exists()
+    assert_same_run(reference, run_dir)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(data_dir, reference, tmp_path,
+                                                                   capsys, damage):
+    # A copy of the finished reference run whose newest complete epoch is 2 (as if it had
+    # been killed before publishing epoch 3), with epoch 2's checkpoint damaged.
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    shutil.rmtree(run_dir / "epoch_0003")
+    (run_dir / "LATEST").write_text("epoch_0002\n")
+    checkpoint = run_dir / "epoch_0002" / "checkpoint"
+    data = bytearray(checkpoint.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        for offset in range(len(data) // 3, len(data) // 3 + 64):
+            data[offset] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    output = run_in_process(capsys, arguments(data_dir, run_dir))
+    assert f"WARNING: skipping checkpoint {checkpoint}" in output
+    assert "starting epoch 2" in output
+    assert_same_run(reference, run_dir)
