@@ -174,16 +174,30 @@ def _remove_run_outputs(path):
             shutil.rmtree(full)
 
 
-def remove_stale_partials(path):
-    """Delete half-written epoch folders left by an interrupted run; returns their names.
+# Only this program's own temporary names: a user's files are never matched.
+STALE_TEMPORARY = re.compile(
+    r"^(?:\.epoch_\d{4,}(?:\.stale-\d+)?\.partial|(?:"
+    + "|".join(re.escape(name) for name in RUN_FILES)
+    + r")\.tmp-\d+)$"
+)
 
-    They are never results: a folder only gets its final name once it is complete.
+
+def remove_stale_partials(path):
+    """Delete half-written epoch folders and temporary files left by a killed run.
+
+    They are never results: a folder or file only gets its final name once it is
+    complete. Returns the names removed.
     """
     removed = []
     for name in sorted(os.listdir(path)):
-        if name.startswith(".epoch_") and name.endswith(".partial"):
-            shutil.rmtree(os.path.join(path, name))
-            removed.append(name)
+        if not STALE_TEMPORARY.match(name):
+            continue
+        full = os.path.join(path, name)
+        if os.path.isdir(full):
+            shutil.rmtree(full)
+        else:
+            os.remove(full)
+        removed.append(name)
     return removed
 
 

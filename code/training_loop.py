@@ -67,7 +67,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         return 0
     removed = learning_env_setting.remove_stale_partials(run_dir)
     if removed:
-        out(f"Removed half-written epoch folders from an interrupted run: {', '.join(removed)}")
+        out(f"Removed half-written files from an interrupted run: {', '.join(removed)}")
 
     basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out)

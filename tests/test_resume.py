@@ -130,6 +130,8 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(data_dir, refere
     output = run_to_end(arguments(data_dir, run_dir))
     assert "Resuming after epoch" in output
     assert_same_run(reference, run_dir)
+    leftovers = [name for name in os.listdir(run_dir) if ".tmp-" in name or "partial" in name]
+    assert not leftovers
 
 
 def test_sigterm_mid_epoch_checkpoints_and_resumes_at_the_next_step(data_dir, reference, tmp_path,
