@@ -386,6 +386,7 @@ class MnistData:
     seed: int
     augment: bool
     _eval_cache: dict = dataclasses.field(default_factory=dict)
+    _tensor_cache: dict = dataclasses.field(default_factory=dict)
 
     @property
     def steps_per_epoch(self):
@@ -401,8 +402,11 @@ class MnistData:
         import tensorflow as tf
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
-        images = tf.constant(self.train_images)
-        labels = tf.constant(self.train_labels)
+        # The training arrays become tensors once per run, not once per epoch.
+        if "train" not in self._tensor_cache:
+            self._tensor_cache["train"] = (tf.constant(self.train_images),
+                                           tf.constant(self.train_labels))
+        images, labels = self._tensor_cache["train"]
         augment, seed = self.augment, self.seed
 
         def gather(batch_index, indices):

@@ -254,10 +254,16 @@ def config_record(config, data_info, model_name, versions):
 
 
 def config_differences(saved, current):
-    """The result-changing settings that differ, as 'name: old -> new' lines."""
+    """The result-changing settings that differ, as 'name: old -> new' lines.
+
+    Only names present in `current` are compared, so a partial record (the command-line
+    settings, before the data is loaded) can be checked early.
+    """
     differences = []
     for name in RESULT_SETTINGS:
-        old, new = saved.get(name), current.get(name)
+        if name not in current:
+            continue
+        old, new = saved.get(name), current[name]
         if old != new:
             differences.append(f"{name}: {old!r} -> {new!r}")
     return differences
@@ -266,16 +272,11 @@ def config_differences(saved, current):
 def check_compatible(run_directory, record):
     """Refuse to continue a run whose saved settings differ from this invocation's.
 
-    `record` may be a partial record (just the command-line settings, before the data is
-    loaded): only the names it holds are compared.
+    `record` may be partial (see `config_differences`).
     """
     if run_directory.saved_config is None:
         return
-    saved = run_directory.saved_config
-    differences = [
-        line for line in config_differences(saved, record)
-        if line.split(":")[0] in record
-    ]
+    differences = config_differences(run_directory.saved_config, record)
     if differences:
         raise UserError(
             f"{run_directory.path} was made with other settings ("

@@ -112,7 +112,6 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
             if epoch < config.epochs:
                 stop_signal.check()
     except basic_utils.StopRequested as stop:
-        stop_signal.restore()
         completed = history[-1]["epoch"] if history else 0
         out(
             f"\nStopped (signal {stop.signal_number}). Completed epochs are saved "
