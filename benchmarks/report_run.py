@@ -7,22 +7,11 @@ It reads only metrics.csv and config.json, so it can summarise any run, on any m
 """
 
 import argparse
-import csv
 import json
 import os
-import platform
 import statistics
 
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from bench_utils import cpu_name, read_metrics
 
 
 def main():
@@ -31,17 +20,18 @@ def main():
     run_dir = parser.parse_args().run_dir
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
-    with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as handle:
-        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+    rows = read_metrics(run_dir)
 
     print(f"Run: {os.path.abspath(run_dir)}")
     print(f"Machine: {cpu_name()}, {os.cpu_count()} logical cores; "
           f"TensorFlow {config['versions']['tensorflow']}, Keras {config['versions']['keras']}")
     print(f"Data: {config['data_description']} ({config['num_train']:,} train, "
           f"{config['num_validation']:,} validation, {config['num_test']:,} test)")
-    print(f"Settings: epochs {config['epochs']}, batch {config['batch_size']}, "
-          f"learning rate {config['learning_rate']}, decay {config['lr_decay']}/epoch, "
-          f"seed {config['seed']}, augment {config['augment']}, model {config['model']}")
+    print(f"Settings: preset {config.get('preset', '-')}, model {config['model']}, "
+          f"epochs {config['epochs']}, batch {config['batch_size']}, "
+          f"{config.get('optimizer', 'adam')} at {config['learning_rate']} "
+          f"({config.get('schedule', 'exponential decay')}), seed {config['seed']}, "
+          f"augment {config['augment']}")
     print()
     print("| epoch | train loss | train acc | val loss | val acc | test loss | test acc | seconds |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

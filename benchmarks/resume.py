@@ -12,14 +12,12 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-MAIN = os.path.join(HERE, "..", "code", "main.py")
-sys.path.insert(0, os.path.join(HERE, "..", "code"))
+from bench_utils import CODE, HERE, epoch_timings, run_main
+
+sys.path.insert(0, CODE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import dataset_utils  # noqa: E402
@@ -38,27 +36,13 @@ def write_subset(data_dir, folder, train=6000, test=1000):
     return folder
 
 
-def run(arguments, marker="Model:"):
-    """Run main.py; returns (stdout, seconds until the line printed just before training
-    starts, which is `marker`: the parameter count when fresh, 'Resuming' when resuming)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, MAIN, *map(str, arguments)], text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    lines, ready = [], None
-    for line in process.stdout:
-        lines.append(line)
-        # Training starts right after the parameter count (fresh) or the resume line.
-        if ready is None and line.startswith(marker):
-            ready = time.perf_counter() - started
-    process.wait()
-    if process.returncode != 0:
-        raise SystemExit("".join(lines))
-    return "".join(lines), ready
-
-
 def train_seconds(output):
-    return [float(value) for value in re.findall(r"train ([0-9.]+) s", output)]
+    return [parts["train"] for _, parts in sorted(epoch_timings(output).items())]
+
+
+def run(arguments, marker="Model:"):
+    output, _, ready = run_main(arguments, marker)
+    return output, ready
 
 
 def main():

@@ -392,61 +392,94 @@ class MnistData:
     def steps_per_epoch(self):
         return math.ceil(len(self.train_labels) / self.batch_size)
 
-    def train_dataset(self, epoch, skip=0):
-        """Batches of (float images, labels) for 1-based `epoch`, in an order fixed by (seed, epoch).
+    def _train_tensors(self):
+        import tensorflow as tf
 
-        `skip` leaves out the first batches (already trained before a mid-epoch
-        checkpoint); batch indices, and so the augmentation draws, stay those of the
-        whole epoch.
+        # The training arrays become tensors once per run (uint8: 4 times smaller than
+        # floats); each step gathers its batch from them.
+        if "train" not in self._tensor_cache:
+            # init_scope: made eagerly even when first asked for while a compiled step is
+            # being traced, so the arrays are captured by reference, not baked into a graph.
+            with tf.init_scope():
+                self._tensor_cache["train"] = (tf.constant(self.train_images),
+                                               tf.constant(self.train_labels))
+        return self._tensor_cache["train"]
+
+    def make_batch(self, indices, seed):
+        """(float images, labels) of the training examples `indices`, augmented with `seed`.
+
+        Runs inside the compiled training step: gathering, scaling to [0, 1] and
+        augmenting there keeps the whole step one graph, with no input pipeline threads
+        competing with it for the CPU cores.
+        """
+        import tensorflow as tf
+
+        images, labels = self._train_tensors()
+        batch_images = _to_float(tf.gather(images, indices))
+        if self.augment:
+            batch_images = augment_batch(batch_images, seed)
+        return batch_images, tf.gather(labels, indices)
+
+    def train_batches(self, epoch, skip=0):
+        """(indices, augmentation seed) of each batch of 1-based `epoch`, as int64 tensors.
+
+        The order is fixed by (seed, epoch); batch b of the epoch augments with seed
+        (seed, epoch * 1,000,000 + b). `skip` leaves out the first batches (trained before
+        a mid-epoch checkpoint) without changing those of the rest.
         """
         import tensorflow as tf
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
-        # The training arrays become tensors once per run, not once per epoch.
-        if "train" not in self._tensor_cache:
-            self._tensor_cache["train"] = (tf.constant(self.train_images),
-                                           tf.constant(self.train_labels))
-        images, labels = self._tensor_cache["train"]
-        augment, seed = self.augment, self.seed
+        for batch in range(skip, self.steps_per_epoch):
+            indices = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            yield (tf.constant(indices, tf.int64),
+                   tf.constant([self.seed, epoch * 1_000_000 + batch], tf.int64))
 
-        def gather(batch_index, indices):
-            batch_images = _to_float(tf.gather(images, indices))
-            if augment:
-                batch_seed = tf.stack(
-                    [tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64) * 1_000_000 + batch_index]
-                )
-                batch_images = augment_batch(batch_images, batch_seed)
-            return batch_images, tf.gather(labels, indices)
+    def train_dataset(self, epoch, skip=0):
+        """The batches of `train_batches` as a tf.data pipeline of (images, labels).
+
+        The training loop does not use it; it is what `model.fit()` gets in
+        benchmarks/speed.py, and it yields exactly the batches the loop trains on.
+        """
+        import tensorflow as tf
+
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
+        seed = self.seed
+
+        def batch(batch_index, indices):
+            batch_seed = tf.stack([tf.constant(seed, tf.int64),
+                                   tf.constant(epoch, tf.int64) * 1_000_000 + batch_index])
+            return self.make_batch(indices, batch_seed)
 
         return (
             tf.data.Dataset.from_tensor_slices(order)
             .batch(self.batch_size)
             .enumerate()
             .skip(skip)
-            .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE)
         )
 
-    def _eval_dataset(self, split):
+    def _eval_batches(self, split):
         import tensorflow as tf
 
         if split not in self._eval_cache:
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
-            self._eval_cache[split] = (
-                tf.data.Dataset.from_tensor_slices((images, labels))
-                .batch(EVAL_BATCH_SIZE)
-                .map(lambda x, y: (_to_float(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-                .cache()
-                .prefetch(tf.data.AUTOTUNE)
-            )
+            self._eval_cache[split] = [
+                (_to_float(tf.constant(images[start:start + EVAL_BATCH_SIZE])),
+                 tf.constant(labels[start:start + EVAL_BATCH_SIZE]))
+                for start in range(0, len(labels), EVAL_BATCH_SIZE)
+            ]
         return self._eval_cache[split]
 
-    def validation_dataset(self):
-        return self._eval_dataset("validation")
+    def validation_batches(self):
+        """Validation (float images, labels) in batches of EVAL_BATCH_SIZE, made once per run."""
+        return self._eval_batches("validation")
 
-    def test_dataset(self):
-        return self._eval_dataset("test")
+    def test_batches(self):
+        """Test (float images, labels) in batches of EVAL_BATCH_SIZE, made once per run."""
+        return self._eval_batches("test")
 
 
 def load_processing_mnist(config, raw=None, announce=print):

@@ -25,14 +25,46 @@ CONFIG_FILE = "config.json"
 RUN_FILES = (CONFIG_FILE, "metrics.csv", "test_result.txt", LATEST_FILE, "in_progress.checkpoint")
 
 
+# Named bundles of the settings that define a recipe. A flag given on the command line
+# overrides its preset's value; the defaults of `Config` are the "standard" preset.
+PRESETS = {
+    # Best accuracy within about ten minutes on two CPU cores: a 24/48/96 batch-normalised
+    # convnet, augmentation, Adam with a one-cycle schedule.
+    "standard": {
+        "model": "convnet", "epochs": 14, "batch_size": 128, "optimizer": "adam",
+        "learning_rate": 3e-3, "schedule": "one-cycle", "validation_fraction": 0.1,
+        "augment": True,
+    },
+    # Shortest time to 99 % test accuracy: a smaller convnet, two epochs, no augmentation.
+    "fast": {
+        "model": "convnet-fast", "epochs": 2, "batch_size": 128, "optimizer": "adam",
+        "learning_rate": 5e-3, "schedule": "one-cycle", "validation_fraction": 0.1,
+        "augment": False,
+    },
+    # The original project's recipe, for comparison: its network, plain SGD at 0.01,
+    # batch 32, an 80/20 split, no augmentation, 50 epochs.
+    "seed": {
+        "model": "seed", "epochs": 50, "batch_size": 32, "optimizer": "sgd",
+        "learning_rate": 0.01, "schedule": "constant", "validation_fraction": 0.2,
+        "augment": False,
+    },
+}
+MODELS = ("convnet", "convnet-fast", "seed")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("one-cycle", "constant")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Every setting of a run. Saved as config.json and inside every checkpoint."""
 
-    epochs: int = 10
+    preset: str = "standard"
+    model: str = "convnet"
+    epochs: int = 14
     batch_size: int = 128
+    optimizer: str = "adam"
     learning_rate: float = 3e-3
-    lr_decay: float = 0.75
+    schedule: str = "one-cycle"
     seed: int = 0
     validation_fraction: float = 0.1
     dataset: str = "mnist"
@@ -48,12 +80,21 @@ class Config:
         return os.path.abspath(self.run_dir or os.path.join("runs", self.dataset))
 
 
+def make_config(preset="standard", **settings):
+    """The `Config` of `preset`, with `settings` (given flags) overriding the preset's values."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    return Config(preset=preset, **{**PRESETS[preset], **settings})
+
+
 # Settings that change what a run computes. Changing any of them against an existing run
-# directory is refused; `epochs` may grow (the run is extended), the others are cosmetic.
+# directory is refused; `epochs` may change (the run is extended or shortened), the others
+# are cosmetic. "model" is the versioned architecture name.
 RESULT_SETTINGS = (
     "batch_size",
+    "optimizer",
     "learning_rate",
-    "lr_decay",
+    "schedule",
     "seed",
     "validation_fraction",
     "dataset",
@@ -73,8 +114,12 @@ def validate_config(config):
         raise UserError(f"--batch-size must be a positive integer, got {config.batch_size}.")
     if not config.learning_rate > 0:
         raise UserError(f"--learning-rate must be positive, got {config.learning_rate}.")
-    if not 0 < config.lr_decay <= 1:
-        raise UserError(f"--lr-decay must be in (0, 1], got {config.lr_decay}.")
+    for flag, value, choices in (("--model", config.model, MODELS),
+                                 ("--optimizer", config.optimizer, OPTIMIZERS),
+                                 ("--schedule", config.schedule, SCHEDULES),
+                                 ("--preset", config.preset, tuple(PRESETS))):
+        if value not in choices:
+            raise UserError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}.")
     if not 0 < config.validation_fraction < 1:
         raise UserError(
             f"--validation-fraction must be between 0 and 1 (exclusive), "

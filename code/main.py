@@ -1,7 +1,8 @@
 """Command line: parse the flags into one `Config`, then run the per-epoch training loop.
 
     python code/main.py                           # full MNIST, resumes if interrupted
-    python code/main.py --data-dir ../shared/data/mnist --epochs 12
+    python code/main.py --data-dir ../shared/data/mnist --epochs 20
+    python code/main.py --preset fast             # 99 % in under half a minute of training
 
 Errors the user can fix end with one line on stderr and exit code 2, never a traceback.
 """
@@ -48,31 +49,59 @@ _non_negative_int = _converter(int, lambda value: value >= 0, "0 or a positive i
 _positive_float = _converter(float, lambda value: 0 < value < math.inf, "a positive number")
 _fraction = _converter(float, lambda value: 0 < value < 1,
                        "a number between 0 and 1 (exclusive)")
-_decay = _converter(float, lambda value: 0 < value <= 1, "a number in (0, 1]")
+
+
+def _preset_help(name):
+    """'(standard: 14, fast: 2, seed: 50)' for a preset-controlled setting."""
+    values = ", ".join(
+        f"{preset}: {settings[name]}" for preset, settings in learning_env_setting.PRESETS.items()
+    )
+    return f"({values})"
 
 
 def build_parser():
     parser = OneLineParser(
         prog="main.py",
         description="Train a convolutional MNIST classifier; rerun the same command to resume.",
+        epilog="Presets: standard (default) is the most accurate recipe (about 10 minutes on "
+               "two CPU cores); fast reaches 99% test accuracy in under half a minute of "
+               "training; seed is the original project's recipe, for comparison. A flag "
+               "given explicitly overrides the preset's value.",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=DEFAULTS.epochs,
-                        help="total epochs of the run; a larger value extends a finished run (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=DEFAULTS.batch_size,
-                        help="training batch size (default: %(default)s)")
-    parser.add_argument("--learning-rate", type=_positive_float, default=DEFAULTS.learning_rate,
-                        help="Adam's initial learning rate (default: %(default)s)")
-    parser.add_argument("--lr-decay", type=_decay, default=DEFAULTS.lr_decay,
-                        help="factor the learning rate is multiplied by per epoch (smoothly) (default: %(default)s)")
+    # Flags a preset sets are absent from the namespace unless given (SUPPRESS), so that
+    # only the ones the user typed override the preset.
+    keep = argparse.SUPPRESS
+    parser.add_argument("--preset", choices=tuple(learning_env_setting.PRESETS),
+                        default=DEFAULTS.preset,
+                        help="named recipe: model, epochs, batch size, optimizer, learning "
+                             "rate and schedule, validation fraction, augmentation "
+                             "(default: %(default)s)")
+    parser.add_argument("--model", choices=learning_env_setting.MODELS, default=keep,
+                        help="network " + _preset_help("model"))
+    parser.add_argument("--epochs", type=_positive_int, default=keep,
+                        help="total epochs of the run; a larger value extends a finished run "
+                             + _preset_help("epochs"))
+    parser.add_argument("--batch-size", type=_positive_int, default=keep,
+                        help="training batch size " + _preset_help("batch_size"))
+    parser.add_argument("--optimizer", choices=learning_env_setting.OPTIMIZERS, default=keep,
+                        help="optimizer " + _preset_help("optimizer"))
+    parser.add_argument("--learning-rate", type=_positive_float, default=keep,
+                        help="peak (one-cycle) or constant learning rate "
+                             + _preset_help("learning_rate"))
+    parser.add_argument("--schedule", choices=learning_env_setting.SCHEDULES, default=keep,
+                        help="learning-rate schedule: one-cycle rises over the first 20%% of "
+                             "the steps, then falls along a cosine to almost zero "
+                             + _preset_help("schedule"))
+    parser.add_argument("--validation-fraction", type=_fraction, default=keep,
+                        help="fraction of the training split held out for validation "
+                             + _preset_help("validation_fraction"))
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=keep,
+                        help="training augmentation: small random rotation, zoom and shift "
+                             + _preset_help("augment"))
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
                         help="seed of weights, validation split, data order and augmentation (default: %(default)s)")
-    parser.add_argument("--validation-fraction", type=_fraction,
-                        default=DEFAULTS.validation_fraction,
-                        help="fraction of the training split held out for validation (default: %(default)s)")
     parser.add_argument("--dataset", choices=learning_env_setting.DATASETS,
                         default=DEFAULTS.dataset, help="tensorflow-datasets name (default: %(default)s)")
-    parser.add_argument("--no-augment", dest="augment", action="store_false",
-                        help="turn off training augmentation (small random rotation, zoom and shift; on by default)")
     parser.add_argument("--no-determinism", dest="deterministic", action="store_false",
                         help="allow TensorFlow's non-deterministic kernels (faster on some GPUs; "
                              "runs are then not bit-reproducible)")
@@ -92,8 +121,8 @@ def build_parser():
 
 def parse_config(arguments):
     """The `Config` of the command-line `arguments` (a list without the program name)."""
-    namespace = build_parser().parse_args(arguments)
-    return learning_env_setting.Config(**vars(namespace))
+    settings = vars(build_parser().parse_args(arguments))
+    return learning_env_setting.make_config(**settings)
 
 
 def main(arguments=None):

@@ -58,7 +58,9 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     saved_epochs = run_directory.saved_config.get("epochs") if run_directory.saved_config else None
     # Settings from the command line are compared before anything slow happens; the data
     # fingerprint is compared once the data is loaded.
-    learning_env_setting.check_compatible(run_directory, dataclasses.asdict(config))
+    settings = dataclasses.asdict(config)
+    settings["model"] = model_module.model_record_name(config.model)
+    learning_env_setting.check_compatible(run_directory, settings)
     if run_directory.latest_epoch >= config.epochs:
         out(
             f"Run is complete ({run_directory.latest_epoch} of {config.epochs} epochs done); "
@@ -71,21 +73,21 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
 
     basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out)
-    record = learning_env_setting.config_record(
-        config, data.info, model_module.MODEL_NAME, library_versions()
-    )
+    model_name = model_module.model_record_name(config.model)
+    record = learning_env_setting.config_record(config, data.info, model_name, library_versions())
     learning_env_setting.check_compatible(run_directory, record)
     out(
         f"Data: {data.info['description']}: {data.info['num_train']:,} train, "
         f"{data.info['num_validation']:,} validation, {data.info['num_test']:,} test images."
     )
 
-    network = model_module.build_model(num_classes=len(data.class_names))
-    optimizer = train_validation_test.make_optimizer(
-        config.learning_rate, config.lr_decay, data.steps_per_epoch
-    )
+    network = model_module.build_model(config.model, num_classes=len(data.class_names))
+    optimizer = train_validation_test.make_optimizer(config, data.steps_per_epoch)
     optimizer.build(network.trainable_variables)
-    out(f"Model: {model_module.MODEL_NAME}, {network.count_params():,} parameters.")
+    out(f"Model: {model_name}, {network.count_params():,} parameters; "
+        f"{config.optimizer}, learning rate {config.learning_rate:g} ({config.schedule}), "
+        f"batch {config.batch_size}, augmentation {'on' if config.augment else 'off'} "
+        f"(preset {config.preset}).")
 
     state = _restore_newest(run_directory, network, optimizer, out)
     history = state["history"]
@@ -95,14 +97,16 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         out(f"Resuming after epoch {start_epoch - 1} (of {config.epochs}) from "
             f"{state['source']}; starting epoch {start_epoch}{position}.")
         if saved_epochs and config.epochs != saved_epochs:
-            out(f"Extending the run from {saved_epochs} to {config.epochs} epochs.")
+            replan = (" (the one-cycle learning rate is re-planned over the new length)"
+                      if config.schedule == "one-cycle" else "")
+            out(f"Changing the run from {saved_epochs} to {config.epochs} epochs{replan}.")
     # config.json reflects the latest invocation (epochs may have grown); written atomically.
     cp_utils.atomic_write(
         os.path.join(run_dir, learning_env_setting.CONFIG_FILE),
         json.dumps(record, indent=2, sort_keys=True) + "\n",
     )
 
-    steps = train_validation_test.Steps(network, optimizer)
+    steps = train_validation_test.Steps(network, optimizer, data.make_batch)
     stop_signal = basic_utils.StopSignal()
     try:
         for epoch in range(start_epoch, config.epochs + 1):
@@ -203,14 +207,14 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
                 f"; epoch {epoch} is checkpointed after step {step} of {data.steps_per_epoch}")
 
     train = train_validation_test.go_train(
-        steps, data.train_dataset(epoch, skip=start_step), start_step=start_step,
+        steps, data.train_batches(epoch, skip=start_step), start_step=start_step,
         sums=resume["train_sums"] if resume else None, after_step=after_step)
     lap("train")
     validation = train_validation_test.go_validation(
-        steps, data.validation_dataset(), len(data.class_names)
+        steps, data.validation_batches(), len(data.class_names)
     )
     lap("validation")
-    test = train_validation_test.go_test(steps, data.test_dataset(), len(data.class_names))
+    test = train_validation_test.go_test(steps, data.test_batches(), len(data.class_names))
     lap("test")
     row = {
         "epoch": epoch,

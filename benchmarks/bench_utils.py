@@ -1,0 +1,77 @@
+"""Shared by the benchmarks: the machine's description and running `code/main.py` as users do."""
+
+import csv
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CODE = os.path.join(HERE, "..", "code")
+MAIN = os.path.join(CODE, "main.py")
+DEFAULT_DATA_DIR = os.path.join(HERE, "..", "..", "shared", "data", "mnist")
+
+# "Epoch  3/14  (41.0 s: train 33.2 s, validation 1.0 s, test 1.6 s, render 0.6 s, save 0.0 s)"
+EPOCH_HEADER = re.compile(r"^Epoch\s+(\d+)/\d+\s+\(.*?: (.*)\)$", re.MULTILINE)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine():
+    """One line naming the machine and library versions, for every table's caption."""
+    import tensorflow as tf
+    import keras
+
+    gpus = tf.config.list_physical_devices("GPU")
+    accelerator = ", ".join(tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+                            for gpu in gpus) if gpus else "no GPU"
+    return (f"{cpu_name()}, {os.cpu_count()} logical cores, {accelerator}; "
+            f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}")
+
+
+def run_main(arguments, marker=None):
+    """Run main.py with `arguments`; returns (stdout, wall seconds, seconds until `marker`).
+
+    `marker` is the start of the line printed just before training starts ('Model:' for a
+    fresh run, 'Resuming' when resuming); None skips that measurement.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, MAIN, *map(str, arguments)], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    lines, ready = [], None
+    for line in process.stdout:
+        lines.append(line)
+        if marker is not None and ready is None and line.startswith(marker):
+            ready = time.perf_counter() - started
+    process.wait()
+    if process.returncode != 0:
+        raise SystemExit(f"main.py {' '.join(map(str, arguments))} failed:\n" + "".join(lines))
+    return "".join(lines), time.perf_counter() - started, ready
+
+
+def epoch_timings(output):
+    """{epoch: {'train': s, 'validation': s, 'test': s, 'render': s, 'save': s}} from main.py's output."""
+    timings = {}
+    for epoch, parts in EPOCH_HEADER.findall(output):
+        timings[int(epoch)] = {
+            name: float(seconds)
+            for name, seconds in re.findall(r"(\w+) ([0-9.]+) s", parts)
+        }
+    return timings
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as handle:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]

@@ -1,0 +1,148 @@
+"""Speed benchmark: our training loop against `model.fit()`, and what an epoch spends beyond training.
+
+    python benchmarks/speed.py --data-dir ../shared/data/mnist
+
+Part 1 (one process): the same network, optimizer, batch size and batches (the standard
+preset's, from `MnistData`) trained by our loop and by Keras `model.fit()` on the
+equivalent tf.data pipeline, one whole epoch each, alternating, after a warm-up that
+compiles both. `fit()` is measured as compiled by default (`jit_compile="auto"`) and with
+`jit_compile=False`; the ratio uses the faster of the two.
+
+Part 2: `code/main.py` itself for a few epochs on the full data in a temporary run
+directory; the per-phase times it prints give the overhead of validation, test, rendering
+the checkpoint and plots, and writing the epoch folder (epoch 1, which includes compiling
+the steps, is left out).
+"""
+
+import argparse
+import itertools
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from bench_utils import CODE, DEFAULT_DATA_DIR, epoch_timings, machine, run_main
+
+sys.path.insert(0, CODE)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def loop_vs_fit(data_dir, repeats, steps):
+    import keras
+
+    import basic_utils
+    import dataset_utils
+    import learning_env_setting
+    import model as model_module
+    import train_validation_test as tvt
+
+    config = learning_env_setting.make_config(data_dir=data_dir)
+    basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
+    data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
+    steps = min(steps or data.steps_per_epoch, data.steps_per_epoch)
+    images = min(steps * config.batch_size, len(data.train_labels))
+
+    ours = tvt.Steps(model_module.build_model(config.model),
+                     tvt.make_optimizer(config, data.steps_per_epoch), data.make_batch)
+
+    def run_ours(epoch, count):
+        tvt.go_train(ours, itertools.islice(data.train_batches(epoch), count))
+
+    fitted = {}
+    for label, jit in (("fit", "auto"), ("fit_nojit", False)):
+        network = model_module.build_model(config.model)
+        network.compile(
+            optimizer=tvt.make_optimizer(config, data.steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"], jit_compile=jit,
+        )
+        fitted[label] = network
+
+    def run_fit(label):
+        def fit(epoch, count):
+            fitted[label].fit(data.train_dataset(epoch).take(count), epochs=1, verbose=0)
+        return fit
+
+    runners = {"ours": run_ours, "fit": run_fit("fit"), "fit_nojit": run_fit("fit_nojit")}
+    for runner in runners.values():  # warm-up: tracing and compilation
+        runner(100, 20)
+    seconds = {label: [] for label in runners}
+    for repeat in range(repeats):
+        for label, runner in runners.items():
+            started = time.perf_counter()
+            runner(repeat + 1, steps)
+            seconds[label].append(time.perf_counter() - started)
+            print(f"  repeat {repeat + 1}: {label} {seconds[label][-1]:.1f} s", file=sys.stderr)
+    jit_resolved = fitted["fit"].jit_compile
+    return config, steps, images, seconds, jit_resolved
+
+
+def overhead(data_dir, epochs):
+    work = tempfile.mkdtemp(prefix="speed-bench-")
+    try:
+        output, _, _ = run_main(["--data-dir", data_dir, "--epochs", epochs,
+                                 "--run-dir", os.path.join(work, "run")])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {epoch: parts for epoch, parts in epoch_timings(output).items() if epoch > 1}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="folder with the four MNIST IDX files (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="epochs timed per contender, alternating (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="training steps timed per repeat (default: a whole epoch)")
+    parser.add_argument("--overhead-epochs", type=int, default=3,
+                        help="epochs of main.py for the overhead table; the first is "
+                             "left out (default: %(default)s)")
+    options = parser.parse_args()
+    if not os.path.isdir(options.data_dir):
+        raise SystemExit(f"speed.py: no MNIST folder at {options.data_dir}; pass --data-dir.")
+
+    config, steps, images, seconds, jit = loop_vs_fit(options.data_dir, options.repeats,
+                                                      options.steps)
+    phases = overhead(options.data_dir, options.overhead_epochs)
+
+    print(f"Machine: {machine()}.")
+    print(f"Model {config.model}, batch {config.batch_size}, {config.optimizer} "
+          f"({config.schedule}), augmentation {'on' if config.augment else 'off'}; "
+          f"{steps} steps ({images:,} images) per timing, medians of {options.repeats}, "
+          f"alternating in one process.")
+    print()
+    print("| training loop | seconds per epoch | images / s | ours vs this |")
+    print("| --- | ---: | ---: | ---: |")
+    median = {label: statistics.median(values) for label, values in seconds.items()}
+    names = {"ours": "ours (`go_train`, batches gathered and augmented in the step)",
+             "fit": f"`model.fit()`, default compile (jit_compile resolved to {jit})",
+             "fit_nojit": "`model.fit()`, `jit_compile=False`"}
+    for label, name in names.items():
+        ratio = median[label] / median["ours"]
+        print(f"| {name} | {median[label]:.1f} | {images / median[label]:,.0f} | {ratio:.2f}x |")
+    best_fit = min(median["fit"], median["fit_nojit"])
+    print()
+    print(f"Speed ratio against the faster fit(): {best_fit / median['ours']:.2f} "
+          f"(> 1 means our loop is faster).")
+    print()
+    print(f"Per-epoch phases of `code/main.py` (standard preset, full data), "
+          f"epochs {', '.join(map(str, phases))} (medians):")
+    print()
+    print("| phase | seconds | share of the epoch |")
+    print("| --- | ---: | ---: |")
+    names = ("train", "validation", "test", "render", "save")
+    totals = [sum(parts.get(name, 0.0) for name in names) for parts in phases.values()]
+    epoch_total = statistics.median(totals)
+    for name in names:
+        value = statistics.median(parts.get(name, 0.0) for parts in phases.values())
+        print(f"| {name} | {value:.2f} | {100 * value / epoch_total:.1f} % |")
+    extra = [total - parts["train"] for total, parts in zip(totals, phases.values())]
+    share = statistics.median(e / t for e, t in zip(extra, totals))
+    print(f"| everything beyond training | {statistics.median(extra):.2f} | {100 * share:.1f} % |")
+
+
+if __name__ == "__main__":
+    main()

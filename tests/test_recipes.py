@@ -1,0 +1,85 @@
+"""Presets, the three networks, the one-cycle schedule and the in-step batches."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dataset_utils
+import learning_env_setting
+import main
+import model as model_module
+import train_validation_test
+
+
+def test_defaults_are_the_standard_preset():
+    assert main.parse_config([]) == learning_env_setting.Config()
+    standard = learning_env_setting.PRESETS["standard"]
+    defaults = dataclasses.asdict(learning_env_setting.Config())
+    assert {name: defaults[name] for name in standard} == standard
+
+
+def test_a_given_flag_overrides_its_preset_and_only_that():
+    config = main.parse_config(["--preset", "seed", "--epochs", "3", "--augment"])
+    assert (config.model, config.optimizer, config.schedule) == ("seed", "sgd", "constant")
+    assert (config.batch_size, config.learning_rate, config.validation_fraction) == (32, 0.01, 0.2)
+    assert config.epochs == 3 and config.augment is True
+    fast = main.parse_config(["--preset", "fast", "--batch-size", "64"])
+    assert fast.model == "convnet-fast" and fast.batch_size == 64 and fast.augment is False
+
+
+def test_unknown_preset_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_config(["--preset", "fastest"])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", list(model_module.MODELS))
+def test_every_network_gives_ten_logits(name):
+    network = model_module.build_model(name)
+    images = np.random.default_rng(0).random((3, 28, 28, 1)).astype("float32")
+    logits = network(images, training=False)
+    assert tuple(logits.shape) == (3, 10)
+    np.testing.assert_allclose(network(images, training=False), logits)
+
+
+def test_seed_network_is_the_original_architecture():
+    network = model_module.build_model("seed")
+    # conv 5x5x1x8 (+8), conv 5x5x8x32 (+32), dense 512x64 (+64), dense 64x10 (+10)
+    expected = (25 * 8 + 8) + (25 * 8 * 32 + 32) + (4 * 4 * 32 * 64 + 64) + (64 * 10 + 10)
+    assert network.count_params() == expected
+
+
+def test_one_cycle_rises_then_falls_to_almost_zero():
+    schedule = train_validation_test.OneCycle(peak=0.01, total_steps=1000)
+    rates = np.array([float(schedule(step)) for step in range(0, 1001, 10)])
+    assert rates[0] == pytest.approx(0.001)
+    assert rates.max() == pytest.approx(0.01)
+    peak_at = int(np.argmax(rates)) * 10
+    assert peak_at == 200  # 20 % warm-up
+    assert np.all(np.diff(rates[: peak_at // 10 + 1]) > 0)
+    assert np.all(np.diff(rates[peak_at // 10:]) < 0)
+    assert rates[-1] == pytest.approx(1e-5)
+    assert float(schedule(5000)) == pytest.approx(1e-5)  # kept after the end
+
+
+def test_optimizer_follows_the_config():
+    sgd = train_validation_test.make_optimizer(learning_env_setting.make_config("seed"), 10)
+    assert sgd.__class__.__name__ == "SGD" and float(sgd.learning_rate) == pytest.approx(0.01)
+    adam = train_validation_test.make_optimizer(learning_env_setting.make_config("standard"), 10)
+    assert adam.__class__.__name__ == "Adam"
+    assert isinstance(adam._learning_rate, train_validation_test.OneCycle)
+
+
+def test_batches_made_in_the_step_match_the_tf_data_pipeline(tiny_mnist_dir):
+    config = learning_env_setting.make_config(data_dir=tiny_mnist_dir, batch_size=64)
+    data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
+    make_batch = tf.function(data.make_batch)
+    pipeline = list(data.train_dataset(2, skip=1))
+    in_step = [make_batch(indices, seed) for indices, seed in data.train_batches(2, skip=1)]
+    assert len(in_step) == len(pipeline) == data.steps_per_epoch - 1
+    for (images_a, labels_a), (images_b, labels_b) in zip(pipeline, in_step):
+        np.testing.assert_array_equal(labels_a, labels_b)
+        np.testing.assert_allclose(images_a, images_b, atol=1e-6)
