@@ -400,9 +400,11 @@ class MnistData:
         if "train" not in self._tensor_cache:
             # init_scope: made eagerly even when first asked for while a compiled step is
             # being traced, so the arrays are captured by reference, not baked into a graph.
+            # tf.identity places them on the default device: a GPU's memory when there is
+            # one (the data then never crosses the bus again), host memory otherwise.
             with tf.init_scope():
-                self._tensor_cache["train"] = (tf.constant(self.train_images),
-                                               tf.constant(self.train_labels))
+                self._tensor_cache["train"] = (tf.identity(tf.constant(self.train_images)),
+                                               tf.identity(tf.constant(self.train_labels)))
         return self._tensor_cache["train"]
 
     def make_batch(self, indices, seed):

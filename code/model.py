@@ -14,44 +14,48 @@ MODEL_VERSION = 4
 
 @keras.saving.register_keras_serializable(package="mnist_trainer")
 class MnistClassifier(keras.Model):
-    """Convolution blocks (conv -> batch norm -> ReLU), dropout, one dense layer.
+    """A stem, stages of convolution blocks with max-pooling, dropout, one dense layer.
 
-    The first convolution is 5x5 with stride 2; every later one is 3x3 and followed by
-    2x2 max-pooling. With three widths (the default network, 24/48/96):
+    Every convolution is followed by batch norm and ReLU. The stem is a 5x5 convolution
+    with stride 2 (28x28 -> 14x14); each stage is a run of 3x3 convolutions followed by
+    2x2 max-pooling ('same' padding, so 7x7 pools to 4x4 and no border is dropped). A
+    stage without convolutions only pools. The default network, 24 / (32) / (64, 64):
 
-        28x28x1  --conv 5x5, stride 2-->  14x14x24
-                 --conv 3x3 -> max-pool-->  7x7x48
-                 --conv 3x3 -> max-pool-->  3x3x96  --flatten, dropout-->  864  --dense-->  10
+        28x28x1  --conv 5x5 stride 2-->  14x14x24
+                 --conv 3x3 -> max-pool-->  7x7x32
+                 --conv 3x3 -> conv 3x3 -> max-pool-->  4x4x64
+                 --flatten, dropout-->  1024  --dense-->  10
 
-    With two widths (the fast network) the first block is pooled as well:
-    28x28x1 -> 14x14 -> 7x7 -> 3x3. On two CPU cores the time of a step follows the size
-    of the activation maps more than the parameter count, so resolution is halved at
-    once. Convolutions carry no bias: batch normalisation right after them has its own.
+    On two CPU cores the time of a step follows the size of the activation maps more
+    than the parameter count, so the resolution is halved at once and the widest layers
+    work at 7x7. Convolutions carry no bias: batch normalisation right after them has its
+    own.
     """
 
-    def __init__(self, filters=(24, 48, 96), dropout=0.3, num_classes=10, **kwargs):
+    def __init__(self, stem=24, stages=((32,), (64, 64)), dropout=0.3, num_classes=10,
+                 **kwargs):
         super().__init__(**kwargs)
-        if len(filters) not in (2, 3):
-            raise ValueError(f"filters must name two or three widths, got {filters!r}")
-        self.filters = tuple(filters)
+        self.stem = int(stem)
+        self.stages = tuple(tuple(int(width) for width in stage) for stage in stages)
         self.dropout_rate = dropout
         self.num_classes = num_classes
         layers = keras.layers
 
-        def block(width, kernel, strides=1, pool=True):
-            # Momentum 0.9 (Keras defaults to 0.99): the moving statistics used at
-            # inference then settle within tens of steps, which matters for small datasets
-            # such as the 4,000-digit offline fallback (31 steps per epoch).
-            parts = [
+        def conv_block(width, kernel, strides=1):
+            return [
                 layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False),
+                # Momentum 0.9 (Keras defaults to 0.99): the moving statistics used at
+                # inference then settle within tens of steps, which matters for small
+                # datasets such as the 4,000-digit offline fallback (31 steps per epoch).
                 layers.BatchNormalization(momentum=0.9),
                 layers.ReLU(),
             ]
-            return parts + [layers.MaxPooling2D(2)] if pool else parts
 
-        self.feature_layers = block(filters[0], 5, strides=2, pool=len(filters) == 2)
-        for width in filters[1:]:
-            self.feature_layers += block(width, 3)
+        self.feature_layers = conv_block(self.stem, 5, strides=2)
+        for stage in self.stages:
+            for width in stage:
+                self.feature_layers += conv_block(width, 3)
+            self.feature_layers.append(layers.MaxPooling2D(2, padding="same"))
         self.feature_layers += [layers.Flatten(), layers.Dropout(dropout)]
         self.classifier = layers.Dense(num_classes)
 
@@ -65,9 +69,8 @@ class MnistClassifier(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            filters=list(self.filters), dropout=self.dropout_rate, num_classes=self.num_classes
-        )
+        config.update(stem=self.stem, stages=[list(stage) for stage in self.stages],
+                      dropout=self.dropout_rate, num_classes=self.num_classes)
         return config
 
 
@@ -109,8 +112,8 @@ class SeedClassifier(keras.Model):
 # Name -> how to build it. The name (with MODEL_VERSION) is recorded in config.json and
 # checked when a run resumes.
 MODELS = {
-    "convnet": lambda num_classes: MnistClassifier((24, 48, 96), 0.3, num_classes),
-    "convnet-fast": lambda num_classes: MnistClassifier((32, 64), 0.0, num_classes),
+    "convnet": lambda num_classes: MnistClassifier(24, ((32,), (64, 64)), 0.3, num_classes),
+    "convnet-fast": lambda num_classes: MnistClassifier(32, ((), (64,)), 0.0, num_classes),
     "seed": lambda num_classes: SeedClassifier(num_classes),
 }
 
