@@ -12,6 +12,7 @@ main.py prints it) summed up to the first epoch whose test accuracy reaches X.
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -36,10 +37,15 @@ def time_to(rows, train_seconds, threshold):
 
 def run_recipe(recipe, seed, data_dir, runs_dir, epochs):
     run_dir = os.path.join(runs_dir, f"{recipe}-seed{seed}")
+    if os.path.exists(run_dir):
+        raise SystemExit(f"accuracy.py: {run_dir} exists; pass an empty --runs-dir "
+                         "(nothing is overwritten).")
     arguments = ["--preset", recipe, "--seed", seed, "--data-dir", data_dir, "--run-dir", run_dir]
     if epochs:
         arguments += ["--epochs", epochs]
     output, wall, _ = run_main(arguments)
+    with open(f"{run_dir}.log", "w", encoding="utf-8") as handle:
+        handle.write(output)  # what main.py printed, beside its run directory
     rows = read_metrics(run_dir)
     timings = epoch_timings(output)
     train_seconds = {epoch: parts["train"] for epoch, parts in timings.items()}
@@ -107,27 +113,30 @@ def main():
     parser.add_argument("--seed-epochs", type=int, default=0,
                         help="epochs for the seed recipe (default: its preset's 50)")
     parser.add_argument("--runs-dir", default=None,
-                        help="keep the run directories here (default: a temporary folder, "
-                             "deleted at the end)")
+                        help="keep the run directories and main.py's output (RUN.log) here "
+                             "(default: a temporary folder, deleted at the end)")
     options = parser.parse_args()
     if not os.path.isdir(options.data_dir):
         raise SystemExit(f"accuracy.py: no MNIST folder at {options.data_dir}; pass --data-dir.")
+    if len(set(options.seeds)) != len(options.seeds):
+        raise SystemExit("accuracy.py: --seeds repeats a seed.")
     runs_dir = options.runs_dir or tempfile.mkdtemp(prefix="accuracy-bench-")
+    # SIGTERM (a timeout) ends the process through `finally`, so temporary runs go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(f"Machine: {machine()}. Full MNIST from {os.path.abspath(options.data_dir)}; "
+          f"runs one after another.", flush=True)
+    print()
     try:
-        results = {
-            recipe: [run_recipe(recipe, seed, options.data_dir, runs_dir,
-                                options.seed_epochs if recipe == "seed" else 0)
-                     for seed in options.seeds]
-            for recipe in options.recipes
-        }
+        # Each recipe's tables are printed as soon as its seeds are done.
+        for recipe in options.recipes:
+            results = [run_recipe(recipe, seed, options.data_dir, runs_dir,
+                                  options.seed_epochs if recipe == "seed" else 0)
+                       for seed in options.seeds]
+            print_recipe(recipe, results)
+            sys.stdout.flush()
     finally:
         if not options.runs_dir:
             shutil.rmtree(runs_dir, ignore_errors=True)
-    print(f"Machine: {machine()}. Full MNIST from {os.path.abspath(options.data_dir)}; "
-          f"runs one after another.")
-    print()
-    for recipe, recipe_results in results.items():
-        print_recipe(recipe, recipe_results)
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def test_result_text(history):
 
 def _png_bytes(figure):
     # The figures lay themselves out (tight_layout); bbox_inches="tight" would draw each
-    # one a second time just to measure it, which was a third of the rendering time.
+    # one a second time just to measure it.
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()

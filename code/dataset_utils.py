@@ -1,4 +1,4 @@
-"""Where the images come from (tensorflow-datasets, IDX files, packaged digits) and the tf.data pipelines.
+"""Where the images come from (tensorflow-datasets, IDX files, packaged digits) and the batches that feed the steps.
 
 Every source is read into the same in-memory form, `RawData` (uint8 images of shape
 [N, 28, 28, 1] and int64 labels), so splitting and preprocessing are shared:
@@ -329,7 +329,7 @@ def split_train_validation(num_examples, fraction, seed):
 
 
 # ----------------------------------------------------------------------------------------
-# tf.data pipelines
+# Batches: training batches are made inside the compiled step; evaluation batches once
 # ----------------------------------------------------------------------------------------
 
 
@@ -372,7 +372,7 @@ def augment_batch(images, seed, max_rotation_degrees=10.0, max_zoom=0.1, max_shi
 
 @dataclasses.dataclass
 class MnistData:
-    """The splits of one run and the pipelines that feed them."""
+    """The splits of one run and the batches that feed the steps."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -400,11 +400,9 @@ class MnistData:
         if "train" not in self._tensor_cache:
             # init_scope: made eagerly even when first asked for while a compiled step is
             # being traced, so the arrays are captured by reference, not baked into a graph.
-            # tf.identity places them on the default device: a GPU's memory when there is
-            # one (the data then never crosses the bus again), host memory otherwise.
             with tf.init_scope():
-                self._tensor_cache["train"] = (tf.identity(tf.constant(self.train_images)),
-                                               tf.identity(tf.constant(self.train_labels)))
+                self._tensor_cache["train"] = (tf.constant(self.train_images),
+                                               tf.constant(self.train_labels))
         return self._tensor_cache["train"]
 
     def make_batch(self, indices, seed):
@@ -485,7 +483,7 @@ class MnistData:
 
 
 def load_processing_mnist(config, raw=None, announce=print):
-    """Load (or take the injected `raw`) data, split off validation and build the pipelines."""
+    """Load (or take the injected `raw`) data, split off validation and wrap the splits."""
     if raw is None:
         raw = load_raw(config, announce=announce)
     train_index, validation_index = split_train_validation(

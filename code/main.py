@@ -68,9 +68,9 @@ def build_parser():
                "training; seed is the original project's recipe, for comparison. A flag "
                "given explicitly overrides the preset's value.",
     )
-    # Flags a preset sets are absent from the namespace unless given (SUPPRESS), so that
-    # only the ones the user typed override the preset.
-    keep = argparse.SUPPRESS
+    # Flags a preset sets default to None, so that only the ones the user typed override
+    # the preset (parse_config drops the Nones).
+    keep = None
     parser.add_argument("--preset", choices=tuple(learning_env_setting.PRESETS),
                         default=DEFAULTS.preset,
                         help="named recipe: model, epochs, batch size, optimizer, learning "
@@ -80,6 +80,7 @@ def build_parser():
                         help="network " + _preset_help("model"))
     parser.add_argument("--epochs", type=_positive_int, default=keep,
                         help="total epochs of the run; a larger value extends a finished run "
+                             "(a one-cycle schedule is then re-planned over the new length) "
                              + _preset_help("epochs"))
     parser.add_argument("--batch-size", type=_positive_int, default=keep,
                         help="training batch size " + _preset_help("batch_size"))
@@ -98,7 +99,7 @@ def build_parser():
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=keep,
                         help="training augmentation: small random rotation, zoom and shift "
                              + _preset_help("augment"))
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
+    parser.add_argument("--seed", type=_non_negative_int, default=DEFAULTS.seed,
                         help="seed of weights, validation split, data order and augmentation (default: %(default)s)")
     parser.add_argument("--dataset", choices=learning_env_setting.DATASETS,
                         default=DEFAULTS.dataset, help="tensorflow-datasets name (default: %(default)s)")
@@ -122,7 +123,9 @@ def build_parser():
 def parse_config(arguments):
     """The `Config` of the command-line `arguments` (a list without the program name)."""
     settings = vars(build_parser().parse_args(arguments))
-    return learning_env_setting.make_config(**settings)
+    return learning_env_setting.make_config(
+        **{name: value for name, value in settings.items() if value is not None}
+    )
 
 
 def main(arguments=None):

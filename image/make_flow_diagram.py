@@ -43,8 +43,8 @@ def draw():
     box(axes, 0.3, 4.9, 3.6, 1.9, "learning_env_setting",
         "run directory (locked)\nconfig.json + settings guard\nLATEST -> epoch to resume")
     box(axes, 4.2, 4.9, 3.6, 1.9, "dataset_utils",
-        "--data-dir IDX | tfds | packaged\nseeded validation split\nper-epoch order from (seed, epoch)\naugment: rotate/zoom/shift")
-    box(axes, 8.1, 4.9, 2.2, 1.9, "model", "MnistClassifier\n3 conv+BN blocks\ndropout, dense")
+        "--data-dir IDX | tfds | packaged\nseeded validation split\nper-epoch order from (seed, epoch)\nbatch + augment inside the step")
+    box(axes, 8.1, 4.9, 2.2, 1.9, "model", "convnet (4 conv+BN)\nconvnet-fast\nseed (original)")
     box(axes, 10.6, 4.9, 2.1, 1.9, "basic_utils", "seeding, signals,\nreporter,\nUserError")
     for x in (2.1, 6.0, 9.2, 11.65):
         arrow(axes, (6.0, 7.2), (x, 6.8))
@@ -55,7 +55,7 @@ def draw():
     axes.text(0.5, 4.2, "for epoch in start..N   (train_validation_test + cp_utils)",
               fontsize=9.5, fontweight="bold", va="center")
     steps = [
-        ("go_train", "compiled steps\nloss, accuracy"),
+        ("go_train", "compiled steps,\none-cycle LR"),
         ("go_validation", "loss, accuracy,\n10x10 confusion"),
         ("go_test", "fresh test loss,\naccuracy"),
         ("training_reporter", "prints the\nepoch's block"),

@@ -139,17 +139,25 @@ def test_training_order_depends_on_seed_and_epoch_only(tiny_mnist_dir):
     first = dataset_utils.load_processing_mnist(config)
     second = dataset_utils.load_processing_mnist(config)
 
-    def batches(data, epoch):
-        return [(x.numpy(), y.numpy()) for x, y in data.train_dataset(epoch)]
+    def batches(data, epoch, skip=0):
+        return [(indices.numpy(), seed.numpy()) for indices, seed in data.train_batches(epoch, skip)]
 
     epoch1_a, epoch1_b, epoch2 = batches(first, 1), batches(second, 1), batches(first, 2)
     assert len(epoch1_a) == first.steps_per_epoch
-    for (xa, ya), (xb, yb) in zip(epoch1_a, epoch1_b):
-        np.testing.assert_array_equal(xa, xb)
-        np.testing.assert_array_equal(ya, yb)
-    assert not np.array_equal(epoch1_a[0][1], epoch2[0][1])
-    assert sum(len(y) for _, y in epoch1_a) == len(first.train_labels)
-    assert 0.0 <= epoch1_a[0][0].min() and epoch1_a[0][0].max() <= 1.0
+    for (indices_a, seed_a), (indices_b, seed_b) in zip(epoch1_a, epoch1_b):
+        np.testing.assert_array_equal(indices_a, indices_b)
+        np.testing.assert_array_equal(seed_a, seed_b)
+    assert not np.array_equal(epoch1_a[0][0], epoch2[0][0])
+    # Every example once per epoch; every batch its own augmentation seed.
+    assert sorted(np.concatenate([indices for indices, _ in epoch1_a])) == list(range(len(first.train_labels)))
+    assert len({tuple(seed) for _, seed in epoch1_a}) == len(epoch1_a)
+    # Skipping (a mid-epoch resume) leaves the remaining batches exactly as they were.
+    for (indices_a, seed_a), (indices_s, seed_s) in zip(epoch1_a[2:], batches(first, 1, skip=2)):
+        np.testing.assert_array_equal(indices_a, indices_s)
+        np.testing.assert_array_equal(seed_a, seed_s)
+    images, labels = first.make_batch(*first.train_batches(1).__next__())
+    assert images.shape == (64, 28, 28, 1) and labels.shape == (64,)
+    assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
 
 
 def test_augmentation_moves_pixels_but_keeps_the_image_recognisable():
