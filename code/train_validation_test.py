@@ -40,8 +40,8 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     Over `total_steps`: the first `warmup_fraction` of the steps rise from
     `start_fraction * peak` to `peak`; the rest follow half a cosine down to
     `end_fraction * peak`, which is kept after `total_steps`. Warming up lets batch
-    normalisation settle before the largest steps; ending near zero lets the weights
-    settle into a minimum, which is where most of the last tenths of a percent come from.
+    normalisation and Adam's moment estimates settle before the largest steps; ending near
+    zero lets the weights settle.
     The rate is a pure function of the step count, so a resumed run continues the curve.
     """
 
@@ -113,7 +113,7 @@ class Steps:
             from_logits=True, reduction="sum"
         )
         # One trace for every batch size: the short last batch of an epoch reuses the
-        # compiled step instead of tracing a second one (a second or two each run).
+        # compiled step instead of tracing a second one.
         self.train_step = tf.function(self._train_step, input_signature=[
             tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64)])
         self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
