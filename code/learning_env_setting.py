@@ -314,6 +314,11 @@ def config_differences(saved, current):
     return differences
 
 
+def _version(model_name):
+    """The architecture version of a recorded model name: 'convnet-v4' -> 'v4'."""
+    return model_name.rsplit("-", 1)[-1]
+
+
 def check_compatible(run_directory, record):
     """Refuse to continue a run whose saved settings differ from this invocation's.
 
@@ -322,6 +327,13 @@ def check_compatible(run_directory, record):
     if run_directory.saved_config is None:
         return
     differences = config_differences(run_directory.saved_config, record)
+    saved_model, model = run_directory.saved_config.get("model"), record.get("model")
+    if saved_model and model and _version(saved_model) != _version(model):
+        raise UserError(
+            f"{run_directory.path} was made by another version of this program (network "
+            f"{saved_model}, this version trains {model}), so it cannot be resumed; its "
+            "results stay as they are. Pass another --run-dir, or start over with --overwrite."
+        )
     if differences:
         raise UserError(
             f"{run_directory.path} was made with other settings ("

@@ -83,3 +83,14 @@ def test_batches_made_in_the_step_match_the_tf_data_pipeline(tiny_mnist_dir):
     for (images_a, labels_a), (images_b, labels_b) in zip(pipeline, in_step):
         np.testing.assert_array_equal(labels_a, labels_b)
         np.testing.assert_allclose(images_a, images_b, atol=1e-6)
+
+
+def test_run_directory_of_an_older_version_is_refused_with_its_reason(tmp_path):
+    saved = {"model": "bn-convnet-v3", "batch_size": 128}
+    directory = learning_env_setting.RunDirectory(str(tmp_path), 10, saved, -1)
+    with pytest.raises(learning_env_setting.UserError, match="another version of this program"):
+        learning_env_setting.check_compatible(directory, {"model": "convnet-v4", "batch_size": 128})
+    # Same version, other network: the ordinary list of differences.
+    saved["model"] = "seed-v4"
+    with pytest.raises(learning_env_setting.UserError, match="model: 'seed-v4' -> 'convnet-v4'"):
+        learning_env_setting.check_compatible(directory, {"model": "convnet-v4", "batch_size": 128})
