@@ -75,13 +75,22 @@ def atomic_write(path, data):
 # ----------------------------------------------------------------------------------------
 
 
-def checkpoint_bytes(model, optimizer, epoch, history, config_record, step=0, train_sums=None):
+def _variable_groups(model, optimizer, average):
+    groups = [("model", model.variables), ("optimizer", optimizer.variables)]
+    if average is not None:
+        groups.append(("average", average.variables))
+    return groups
+
+
+def checkpoint_bytes(model, optimizer, epoch, history, config_record, step=0, train_sums=None,
+                     average=None):
     """Serialise everything resume needs into one .npz archive (as bytes).
 
     Model variables include the batch-norm moving statistics and the dropout layer's
     random-generator state; optimizer variables include its iteration count (which drives
-    the learning-rate schedule) and Adam's moments. Variables are stored in creation order
-    and checked by shape when restored.
+    the learning-rate schedule) and Adam's moments; `average` (a WeightAverage, if the run
+    uses one) adds the averaged weights and their update count. Variables are stored in
+    creation order and checked by shape when restored.
 
     An end-of-epoch checkpoint has `step=0`: `epoch` is complete. A mid-epoch checkpoint
     has `step` > 0: `epoch` is in progress, `step` of its batches are done and
@@ -96,7 +105,7 @@ def checkpoint_bytes(model, optimizer, epoch, history, config_record, step=0, tr
         "history": np.array(json.dumps(history)),
         "config": np.array(json.dumps(config_record, sort_keys=True)),
     }
-    for prefix, variables in (("model", model.variables), ("optimizer", optimizer.variables)):
+    for prefix, variables in _variable_groups(model, optimizer, average):
         for index, variable in enumerate(variables):
             arrays[f"{prefix}/{index:04d}"] = np.asarray(variable.numpy())
     buffer = io.BytesIO()
@@ -108,8 +117,9 @@ class CheckpointError(Exception):
     """A checkpoint file that cannot be read or does not fit the model."""
 
 
-def restore_checkpoint(path, model, optimizer):
-    """Load weights and optimizer state from `path` into built `model` and `optimizer`.
+def restore_checkpoint(path, model, optimizer, average=None):
+    """Load weights and optimizer state from `path` into built `model` and `optimizer`
+    (and the averaged weights into `average`, if given).
 
     Returns a dict with `epoch`, `step`, `train_sums`, `history` and `config`. Raises
     `CheckpointError` when the file is missing, truncated, corrupt (the archive's CRC-32
@@ -123,7 +133,7 @@ def restore_checkpoint(path, model, optimizer):
     if int(contents.get("format", -1)) != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this program (format mismatch)")
     assignments = []
-    for prefix, variables in (("model", model.variables), ("optimizer", optimizer.variables)):
+    for prefix, variables in _variable_groups(model, optimizer, average):
         keys = sorted(key for key in contents if key.startswith(prefix + "/"))
         if len(keys) != len(variables):
             raise CheckpointError(

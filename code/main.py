@@ -49,6 +49,7 @@ _non_negative_int = _converter(int, lambda value: value >= 0, "0 or a positive i
 _positive_float = _converter(float, lambda value: 0 < value < math.inf, "a positive number")
 _fraction = _converter(float, lambda value: 0 < value < 1,
                        "a number between 0 and 1 (exclusive)")
+_decay = _converter(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
 
 
 def _preset_help(name):
@@ -74,8 +75,8 @@ def build_parser():
     parser.add_argument("--preset", choices=tuple(learning_env_setting.PRESETS),
                         default=DEFAULTS.preset,
                         help="named recipe: model, epochs, batch size, optimizer, learning "
-                             "rate and schedule, validation fraction, augmentation "
-                             "(default: %(default)s)")
+                             "rate and schedule, validation fraction, augmentation, weight "
+                             "average (default: %(default)s)")
     parser.add_argument("--model", choices=learning_env_setting.MODELS, default=keep,
                         help="network " + _preset_help("model"))
     parser.add_argument("--epochs", type=_positive_int, default=keep,
@@ -99,6 +100,10 @@ def build_parser():
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=keep,
                         help="training augmentation: small random rotation, zoom and shift "
                              + _preset_help("augment"))
+    parser.add_argument("--weight-average", type=_decay, default=keep, metavar="DECAY",
+                        help="validate and test with an exponential moving average of the "
+                             "weights that keeps DECAY of itself each step; 0 uses the raw "
+                             "weights " + _preset_help("weight_average"))
     parser.add_argument("--seed", type=_non_negative_int, default=DEFAULTS.seed,
                         help="seed of weights, validation split, data order and augmentation (default: %(default)s)")
     parser.add_argument("--dataset", choices=learning_env_setting.DATASETS,

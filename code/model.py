@@ -7,9 +7,10 @@ a softmax layer followed by a log.
 
 import keras
 
-# Bumped whenever an architecture changes, so an old run directory is refused instead of
-# being resumed into a different network.
-MODEL_VERSION = 4
+# Bumped whenever an architecture or what a checkpoint holds changes, so an old run
+# directory is refused instead of being resumed into a different network or state
+# (5: checkpoints hold the averaged weights too).
+MODEL_VERSION = 5
 
 
 @keras.saving.register_keras_serializable(package="mnist_trainer")

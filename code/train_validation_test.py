@@ -5,6 +5,7 @@ running mean over all epochs because one metric was never reset), and the confus
 matrix is a pure function of labels and predictions.
 """
 
+import contextlib
 import math
 
 import keras
@@ -95,6 +96,65 @@ def make_optimizer(config, steps_per_epoch):
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights, which evaluation uses.
+
+    After every training step each float variable of the model (the weights and the
+    batch-norm moving statistics; not the dropout generator's integer state) pulls its
+    shadow copy towards itself:
+
+        shadow <- d * shadow + (1 - d) * variable,    d = min(decay, (1 + n) / (10 + n))
+
+    with n the number of updates so far. The warm-up term lets the average follow the
+    fast early training instead of leaning on the random initial weights: it spans about
+    the last ninth of the steps taken until d reaches `decay` (0.999, after about 9,000
+    steps; the 5,900 steps of the standard preset end at d = 0.9985, a span of about 650
+    steps). Averaging smooths out the step-to-step noise of the weights.
+
+    Its variables (`variables`) are part of every checkpoint, so a resumed run averages
+    exactly as an uninterrupted one.
+    """
+
+    def __init__(self, model, decay):
+        self.decay = float(decay)
+        self.targets = [variable for variable in model.variables
+                        if keras.backend.standardize_dtype(variable.dtype).startswith("float")]
+        with tf.init_scope():
+            self.shadows = [tf.Variable(variable.value, trainable=False)
+                            for variable in self.targets]
+            self.count = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    @property
+    def variables(self):
+        """What a checkpoint stores: the shadow copies and the update count."""
+        return self.shadows + [self.count]
+
+    def update(self):
+        """One averaging step (called inside the compiled training step)."""
+        n = tf.cast(self.count.assign_add(1), tf.float32)
+        d = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+        for shadow, variable in zip(self.shadows, self.targets):
+            shadow.assign(d * shadow + (1.0 - d) * variable.value)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Inside the block the model holds the averaged weights; the raw ones come back
+        exactly (bit for bit) afterwards, also when the block raises."""
+        raw = [variable.numpy() for variable in self.targets]
+        for variable, shadow in zip(self.targets, self.shadows):
+            variable.assign(shadow)
+        try:
+            yield
+        finally:
+            for variable, value in zip(self.targets, raw):
+                variable.assign(value)
+
+
+def make_weight_average(config, model):
+    """The `WeightAverage` of `config` for `model`, or None when it is turned off."""
+    return WeightAverage(model, config.weight_average) if config.weight_average else None
+
+
 class Steps:
     """Compiled (tf.function) train and evaluation steps for one model and optimizer.
 
@@ -103,10 +163,11 @@ class Steps:
     training data never passes through Python or a separate input pipeline.
     """
 
-    def __init__(self, model, optimizer, make_batch):
+    def __init__(self, model, optimizer, make_batch, average=None):
         self.model = model
         self.optimizer = optimizer
         self.make_batch = make_batch
+        self.average = average  # a WeightAverage updated after every step, or None
         # Sum over the batch; the caller divides by the number of examples so that a
         # short last batch weighs what it should.
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
@@ -127,6 +188,8 @@ class Steps:
         variables = self.model.trainable_variables
         gradients = tape.gradient(mean_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
+        if self.average is not None:
+            self.average.update()
         correct = tf.reduce_sum(
             tf.cast(tf.equal(tf.argmax(logits, axis=-1), labels), tf.float32)
         )

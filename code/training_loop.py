@@ -5,6 +5,7 @@ that prints or writes during training: steps return numbers, `basic_utils` forma
 `cp_utils` persists them.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -84,12 +85,15 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     network = model_module.build_model(config.model, num_classes=len(data.class_names))
     optimizer = train_validation_test.make_optimizer(config, data.steps_per_epoch)
     optimizer.build(network.trainable_variables)
+    average = train_validation_test.make_weight_average(config, network)
     out(f"Model: {model_name}, {network.count_params():,} parameters; "
         f"{config.optimizer}, learning rate {config.learning_rate:g} ({config.schedule}), "
-        f"batch {config.batch_size}, augmentation {'on' if config.augment else 'off'} "
-        f"(preset {config.preset}).")
+        f"batch {config.batch_size}, augmentation {'on' if config.augment else 'off'}, "
+        + (f"weight average {config.weight_average:g} " if config.weight_average
+           else "no weight average ")
+        + f"(preset {config.preset}).")
 
-    state = _restore_newest(run_directory, network, optimizer, out)
+    state = _restore_newest(run_directory, network, optimizer, average, out)
     history = state["history"]
     start_epoch, start_step = state["epoch"], state["step"]
     if state["source"]:
@@ -106,7 +110,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         json.dumps(record, indent=2, sort_keys=True) + "\n",
     )
 
-    steps = train_validation_test.Steps(network, optimizer, data.make_batch)
+    steps = train_validation_test.Steps(network, optimizer, data.make_batch, average)
     stop_signal = basic_utils.StopSignal()
     try:
         for epoch in range(start_epoch, config.epochs + 1):
@@ -134,7 +138,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     return 0
 
 
-def _restore_newest(run_directory, network, optimizer, out):
+def _restore_newest(run_directory, network, optimizer, average, out):
     """Load the newest readable checkpoint into `network` and `optimizer`.
 
     Candidates, newest first: the mid-epoch checkpoint (if it continues the epoch after
@@ -154,7 +158,7 @@ def _restore_newest(run_directory, network, optimizer, out):
     ]
     for path in candidates:
         try:
-            state = cp_utils.restore_checkpoint(path, network, optimizer)
+            state = cp_utils.restore_checkpoint(path, network, optimizer, average)
         except cp_utils.CheckpointError as error:
             out(f"WARNING: skipping checkpoint {path}: {error}")
             continue
@@ -201,7 +205,8 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         stopping = stop_signal.received is not None
         if (stopping or (every and step % every == 0)) and step < data.steps_per_epoch:
             cp_utils.save_in_progress(run_dir, cp_utils.checkpoint_bytes(
-                network, optimizer, epoch, history, record, step=step, train_sums=sums))
+                network, optimizer, epoch, history, record, step=step, train_sums=sums,
+                average=steps.average))
         if stopping:
             stop_signal.check(
                 f"; epoch {epoch} is checkpointed after step {step} of {data.steps_per_epoch}")
@@ -210,12 +215,14 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         steps, data.train_batches(epoch, skip=start_step), start_step=start_step,
         sums=resume["train_sums"] if resume else None, after_step=after_step)
     lap("train")
-    validation = train_validation_test.go_validation(
-        steps, data.validation_batches(), len(data.class_names)
-    )
-    lap("validation")
-    test = train_validation_test.go_test(steps, data.test_batches(), len(data.class_names))
-    lap("test")
+    # Validation and test see the averaged weights when the run keeps an average.
+    with steps.average.applied() if steps.average else contextlib.nullcontext():
+        validation = train_validation_test.go_validation(
+            steps, data.validation_batches(), len(data.class_names)
+        )
+        lap("validation")
+        test = train_validation_test.go_test(steps, data.test_batches(), len(data.class_names))
+        lap("test")
     row = {
         "epoch": epoch,
         "train_loss": train["loss"],
@@ -233,7 +240,8 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         f"(accuracy {100 * validation['accuracy']:.2f}%)"
     )
     files = {
-        "checkpoint": cp_utils.checkpoint_bytes(network, optimizer, epoch, history, record),
+        "checkpoint": cp_utils.checkpoint_bytes(network, optimizer, epoch, history, record,
+                                                average=steps.average),
         "confusion_matrix.png": cp_utils.confusion_matrix_visualizer(
             validation["confusion_matrix"], data.class_names, title
         ),

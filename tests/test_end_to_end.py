@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -291,3 +292,22 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
     assert "Resume with: python" in out and "--overwrite" not in out.split("Resume with:")[1]
     assert f"--run-dir {run_dir}" in out
     assert (run_dir / "LATEST").exists()
+
+
+def test_weight_average_changes_evaluation_not_training(finished_two_epoch_run, tiny_dir,
+                                                        tmp_path, capsys):
+    """The same run without the average trains identically; only validation and test,
+    which use the averaged weights, differ. Its checkpoints hold no averaged weights."""
+    averaged_dir, _ = finished_two_epoch_run
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", tmp_path / "raw",
+                              "--epochs", 2, "--batch-size", 16, "--weight-average", 0)
+    assert code == 0, out + err
+    assert "no weight average" in out
+    averaged, raw = read_metrics(averaged_dir), read_metrics(tmp_path / "raw")
+    for row_a, row_r in zip(averaged, raw):
+        assert (row_a["train_loss"], row_a["train_accuracy"]) == (row_r["train_loss"],
+                                                                  row_r["train_accuracy"])
+    assert [row["val_loss"] for row in averaged] != [row["val_loss"] for row in raw]
+    for run_dir, has_average in ((averaged_dir, True), (tmp_path / "raw", False)):
+        with np.load(pathlib.Path(run_dir) / "epoch_0002" / "checkpoint") as archive:
+            assert any(key.startswith("average/") for key in archive.files) == has_average

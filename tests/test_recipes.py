@@ -94,3 +94,45 @@ def test_run_directory_of_an_older_version_is_refused_with_its_reason(tmp_path):
     saved["model"] = "seed-v4"
     with pytest.raises(learning_env_setting.UserError, match="model: 'seed-v4' -> 'convnet-v4'"):
         learning_env_setting.check_compatible(directory, {"model": "convnet-v4", "batch_size": 128})
+
+
+def test_weight_average_warms_up_then_keeps_its_decay():
+    network = model_module.build_model("convnet-fast")
+    average = train_validation_test.WeightAverage(network, decay=0.2)
+    # Weights and batch-norm statistics are averaged; the dropout generator's state is not.
+    assert len(average.targets) == sum(
+        1 for variable in network.variables if "float" in str(variable.dtype))
+    kernel, shadow = average.targets[0], average.shadows[0]
+    expected = kernel.numpy().copy()
+    for n, value in enumerate([1.0, -2.0, 0.5], start=1):
+        kernel.assign(np.full(kernel.shape, value, dtype="float32"))
+        average.update()
+        d = min(0.2, (1 + n) / (10 + n))  # 2/11 = 0.18, then the decay 0.2 caps it
+        expected = d * expected + (1 - d) * value
+        np.testing.assert_allclose(shadow.numpy(), expected, rtol=1e-6)
+    assert int(average.count.numpy()) == 3
+
+
+def test_weight_average_is_applied_for_evaluation_and_raw_weights_come_back_exactly():
+    network = model_module.build_model("convnet-fast")
+    average = train_validation_test.WeightAverage(network, decay=0.9)
+    for variable in average.shadows:
+        variable.assign(variable + 1.0)
+    raw = [variable.numpy().copy() for variable in average.targets]
+    with pytest.raises(RuntimeError):
+        with average.applied():
+            for variable, shadow in zip(average.targets, average.shadows):
+                np.testing.assert_array_equal(variable.numpy(), shadow.numpy())
+            raise RuntimeError("evaluation failed")
+    for variable, value in zip(average.targets, raw):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_weight_average_flag_and_presets(capsys):
+    assert main.parse_config([]).weight_average == 0.999
+    assert main.parse_config(["--preset", "seed"]).weight_average == 0.0
+    assert main.parse_config(["--weight-average", "0"]).weight_average == 0.0
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_config(["--weight-average", "1"])
+    assert exit_info.value.code == 2
+    assert "weight-average" in capsys.readouterr().err
