@@ -105,7 +105,7 @@ class WeightAverage:
 
         shadow <- d * shadow + (1 - d) * variable,    d = min(decay, (1 + n) / (10 + n))
 
-    with n the number of updates so far. The warm-up term lets the average follow the
+    with n the number of updates, this one included. The warm-up term lets the average follow the
     fast early training instead of leaning on the random initial weights: it spans about
     the last ninth of the steps taken until d reaches `decay` (0.999, after about 9,000
     steps; the 5,900 steps of the standard preset end at d = 0.9985, a span of about 650
