@@ -179,6 +179,11 @@ class Steps:
             tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64)])
         self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
 
+    def evaluation_weights(self):
+        """A context in which the model holds the weights to evaluate: the averaged ones
+        when the run keeps a weight average, else the raw ones as they are."""
+        return self.average.applied() if self.average else contextlib.nullcontext()
+
     def _train_step(self, indices, seed):
         images, labels = self.make_batch(indices, seed)
         with tf.GradientTape() as tape:

@@ -5,7 +5,6 @@ that prints or writes during training: steps return numbers, `basic_utils` forma
 `cp_utils` persists them.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -139,7 +138,8 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
 
 
 def _restore_newest(run_directory, network, optimizer, average, out):
-    """Load the newest readable checkpoint into `network` and `optimizer`.
+    """Load the newest readable checkpoint into `network`, `optimizer` and `average` (the
+    run's WeightAverage, or None).
 
     Candidates, newest first: the mid-epoch checkpoint (if it continues the epoch after
     LATEST), then the epoch folders from LATEST downwards. A candidate that is missing,
@@ -215,8 +215,7 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         steps, data.train_batches(epoch, skip=start_step), start_step=start_step,
         sums=resume["train_sums"] if resume else None, after_step=after_step)
     lap("train")
-    # Validation and test see the averaged weights when the run keeps an average.
-    with steps.average.applied() if steps.average else contextlib.nullcontext():
+    with steps.evaluation_weights():
         validation = train_validation_test.go_validation(
             steps, data.validation_batches(), len(data.class_names)
         )
