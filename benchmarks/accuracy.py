@@ -69,8 +69,10 @@ def print_recipe(recipe, results):
     epochs = len(results[0]["rows"])
     print(f"### `--preset {recipe}`: model {settings.model}, {epochs} epochs, batch "
           f"{settings.batch_size}, {settings.optimizer} {settings.learning_rate:g} "
-          f"({settings.schedule}), augmentation {'on' if settings.augment else 'off'}, "
-          f"validation fraction {settings.validation_fraction}")
+          f"({settings.schedule}), augmentation "
+          f"{learning_env_setting.describe_augmentation(settings)}, "
+          f"validation fraction {settings.validation_fraction}"
+          + (f", weight average {settings.weight_average:g}" if settings.weight_average else ""))
     print()
     seeds = [result["seed"] for result in results]
     print("| epoch | " + " | ".join(f"seed {seed}: test acc | train s" for seed in seeds) + " |")

@@ -385,6 +385,8 @@ class MnistData:
     batch_size: int
     seed: int
     augment: bool
+    # Epochs from this one (1-based) on train on the images as they are (None: never).
+    clean_from_epoch: int | None = None
     _eval_cache: dict = dataclasses.field(default_factory=dict)
     _tensor_cache: dict = dataclasses.field(default_factory=dict)
 
@@ -405,35 +407,42 @@ class MnistData:
                                                tf.constant(self.train_labels))
         return self._tensor_cache["train"]
 
-    def make_batch(self, indices, seed):
-        """(float images, labels) of the training examples `indices`, augmented with `seed`.
+    def augments(self, epoch):
+        """Whether 1-based `epoch` trains on augmented images."""
+        return self.augment and (self.clean_from_epoch is None or epoch < self.clean_from_epoch)
+
+    def make_batch(self, indices, seed, augment):
+        """(float images, labels) of the training examples `indices`, augmented with `seed`
+        where the boolean tensor `augment` says so.
 
         Runs inside the compiled training step: gathering, scaling to [0, 1] and
         augmenting there keeps the whole step one graph, with no input pipeline threads
-        competing with it for the CPU cores.
+        competing with it for the CPU cores. One graph serves augmented and clean epochs.
         """
         import tensorflow as tf
 
         images, labels = self._train_tensors()
         batch_images = _to_float(tf.gather(images, indices))
         if self.augment:
-            batch_images = augment_batch(batch_images, seed)
+            batch_images = tf.cond(augment, lambda: augment_batch(batch_images, seed),
+                                   lambda: batch_images)
         return batch_images, tf.gather(labels, indices)
 
     def train_batches(self, epoch, skip=0):
-        """(indices, augmentation seed) of each batch of 1-based `epoch`, as int64 tensors.
+        """(indices, augmentation seed, augment) of each batch of 1-based `epoch`, as tensors.
 
         The order is fixed by (seed, epoch); batch b of the epoch augments with seed
-        (seed, epoch * 1,000,000 + b). `skip` leaves out the first batches (trained before
-        a mid-epoch checkpoint) without changing those of the rest.
+        (seed, epoch * 1,000,000 + b) if the epoch `augments`. `skip` leaves out the first
+        batches (trained before a mid-epoch checkpoint) without changing those of the rest.
         """
         import tensorflow as tf
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
+        augment = tf.constant(self.augments(epoch))
         for batch in range(skip, self.steps_per_epoch):
             indices = order[batch * self.batch_size:(batch + 1) * self.batch_size]
             yield (tf.constant(indices, tf.int64),
-                   tf.constant([self.seed, epoch * 1_000_000 + batch], tf.int64))
+                   tf.constant([self.seed, epoch * 1_000_000 + batch], tf.int64), augment)
 
     def train_dataset(self, epoch, skip=0):
         """The batches of `train_batches` as a tf.data pipeline of (images, labels).
@@ -445,11 +454,12 @@ class MnistData:
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
         seed = self.seed
+        augment = tf.constant(self.augments(epoch))
 
         def batch(batch_index, indices):
             batch_seed = tf.stack([tf.constant(seed, tf.int64),
                                    tf.constant(epoch, tf.int64) * 1_000_000 + batch_index])
-            return self.make_batch(indices, batch_seed)
+            return self.make_batch(indices, batch_seed, augment)
 
         return (
             tf.data.Dataset.from_tensor_slices(order)
@@ -510,4 +520,6 @@ def load_processing_mnist(config, raw=None, announce=print):
         batch_size=config.batch_size,
         seed=config.seed,
         augment=config.augment,
+        clean_from_epoch=(config.epochs - config.clean_epochs + 1
+                          if config.augment and config.clean_epochs else None),
     )

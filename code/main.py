@@ -75,8 +75,8 @@ def build_parser():
     parser.add_argument("--preset", choices=tuple(learning_env_setting.PRESETS),
                         default=DEFAULTS.preset,
                         help="named recipe: model, epochs, batch size, optimizer, learning "
-                             "rate and schedule, validation fraction, augmentation, weight "
-                             "average (default: %(default)s)")
+                             "rate and schedule, validation fraction, augmentation, clean "
+                             "epochs, weight average (default: %(default)s)")
     parser.add_argument("--model", choices=learning_env_setting.MODELS, default=keep,
                         help="network " + _preset_help("model"))
     parser.add_argument("--epochs", type=_positive_int, default=keep,
@@ -100,6 +100,9 @@ def build_parser():
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=keep,
                         help="training augmentation: small random rotation, zoom and shift "
                              + _preset_help("augment"))
+    parser.add_argument("--clean-epochs", type=_non_negative_int, default=keep, metavar="N",
+                        help="with augmentation on, train the last N epochs on the images as "
+                             "they are " + _preset_help("clean_epochs"))
     parser.add_argument("--weight-average", type=_decay, default=keep, metavar="DECAY",
                         help="validate and test with an exponential moving average of the "
                              "weights that keeps DECAY of itself each step; 0 uses the raw "

@@ -9,8 +9,8 @@ import keras
 
 # Bumped whenever an architecture or what a checkpoint holds changes, so an old run
 # directory is refused instead of being resumed into a different network or state
-# (5: checkpoints hold the averaged weights too).
-MODEL_VERSION = 5
+# (5: checkpoints hold the averaged weights too; 6: only the trainable weights are averaged).
+MODEL_VERSION = 6
 
 
 @keras.saving.register_keras_serializable(package="mnist_trainer")

@@ -99,9 +99,8 @@ def make_optimizer(config, steps_per_epoch):
 class WeightAverage:
     """An exponential moving average of a model's weights, which evaluation uses.
 
-    After every training step each float variable of the model (the weights and the
-    batch-norm moving statistics; not the dropout generator's integer state) pulls its
-    shadow copy towards itself:
+    After every training step each trainable variable of the model (the weights, including
+    batch norm's scale and offset) pulls its shadow copy towards itself:
 
         shadow <- d * shadow + (1 - d) * variable,    d = min(decay, (1 + n) / (10 + n))
 
@@ -111,14 +110,18 @@ class WeightAverage:
     steps; the 5,900 steps of the standard preset end at d = 0.9985, a span of about 650
     steps). Averaging smooths out the step-to-step noise of the weights.
 
+    Batch norm's moving statistics are not averaged: evaluation uses the model's own, which
+    follow the images the last few dozen steps saw. After the switch to unaugmented images
+    (`--clean-epochs`) they describe clean digits, as the test images are; an average of
+    them would still carry the statistics of augmented ones.
+
     Its variables (`variables`) are part of every checkpoint, so a resumed run averages
     exactly as an uninterrupted one.
     """
 
     def __init__(self, model, decay):
         self.decay = float(decay)
-        self.targets = [variable for variable in model.variables
-                        if keras.backend.standardize_dtype(variable.dtype).startswith("float")]
+        self.targets = list(model.trainable_variables)
         with tf.init_scope():
             self.shadows = [tf.Variable(variable.value, trainable=False)
                             for variable in self.targets]
@@ -158,7 +161,7 @@ def make_weight_average(config, model):
 class Steps:
     """Compiled (tf.function) train and evaluation steps for one model and optimizer.
 
-    `make_batch(indices, seed)` turns a batch of training-set indices into (images,
+    `make_batch(indices, seed, augment)` turns a batch of training-set indices into (images,
     labels) inside the compiled step (see `dataset_utils.MnistData.make_batch`), so the
     training data never passes through Python or a separate input pipeline.
     """
@@ -176,7 +179,8 @@ class Steps:
         # One trace for every batch size: the short last batch of an epoch reuses the
         # compiled step instead of tracing a second one.
         self.train_step = tf.function(self._train_step, input_signature=[
-            tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64)])
+            tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64),
+            tf.TensorSpec([], tf.bool)])
         self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
 
     def evaluation_weights(self):
@@ -184,8 +188,8 @@ class Steps:
         when the run keeps a weight average, else the raw ones as they are."""
         return self.average.applied() if self.average else contextlib.nullcontext()
 
-    def _train_step(self, indices, seed):
-        images, labels = self.make_batch(indices, seed)
+    def _train_step(self, indices, seed, augment):
+        images, labels = self.make_batch(indices, seed, augment)
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss_sum = self.loss_fn(labels, logits)
@@ -213,19 +217,19 @@ def resetter():
 def go_train(steps, batches, should_stop=None, start_step=0, sums=None, after_step=None):
     """Train over `batches` (the rest of one epoch); returns {'loss', 'accuracy'}.
 
-    `batches` yields (indices, augmentation seed) pairs, as `MnistData.train_batches`
-    gives them. Loss and accuracy are measured on the augmented training batches, in
-    training mode (dropout on), as the model saw them. `start_step` and `sums` continue an
+    `batches` yields (indices, augmentation seed, augment) triples, as
+    `MnistData.train_batches` gives them. Loss and accuracy are measured on the training
+    batches as the model saw them (augmented or not), in training mode (dropout on). `start_step` and `sums` continue an
     epoch that a mid-epoch checkpoint interrupted; `after_step(step, sums)` runs after
     every step (the loop writes mid-epoch checkpoints from it) and `should_stop()` after
     that.
     """
     sums = resetter() if sums is None else np.array(sums, dtype=np.float64)
     step = start_step
-    for indices, seed in batches:
+    for batch in batches:
         # Reading the step's numbers back waits for it to finish, so a checkpoint written
         # after it holds exactly the state that produced them.
-        sums += steps.train_step(indices, seed).numpy()
+        sums += steps.train_step(*batch).numpy()
         step += 1
         if after_step is not None:
             after_step(step, sums)

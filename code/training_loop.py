@@ -87,7 +87,8 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     average = train_validation_test.make_weight_average(config, network)
     out(f"Model: {model_name}, {network.count_params():,} parameters; "
         f"{config.optimizer}, learning rate {config.learning_rate:g} ({config.schedule}), "
-        f"batch {config.batch_size}, augmentation {'on' if config.augment else 'off'}, "
+        f"batch {config.batch_size}, augmentation "
+        f"{learning_env_setting.describe_augmentation(config)}, "
         + (f"weight average {config.weight_average:g} " if config.weight_average
            else "no weight average ")
         + f"(preset {config.preset}).")

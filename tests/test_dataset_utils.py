@@ -140,7 +140,8 @@ def test_training_order_depends_on_seed_and_epoch_only(tiny_mnist_dir):
     second = dataset_utils.load_processing_mnist(config)
 
     def batches(data, epoch, skip=0):
-        return [(indices.numpy(), seed.numpy()) for indices, seed in data.train_batches(epoch, skip)]
+        return [(indices.numpy(), seed.numpy())
+                for indices, seed, _ in data.train_batches(epoch, skip)]
 
     epoch1_a, epoch1_b, epoch2 = batches(first, 1), batches(second, 1), batches(first, 2)
     assert len(epoch1_a) == first.steps_per_epoch

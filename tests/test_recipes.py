@@ -73,16 +73,54 @@ def test_optimizer_follows_the_config():
     assert isinstance(adam._learning_rate, train_validation_test.OneCycle)
 
 
-def test_batches_made_in_the_step_match_the_tf_data_pipeline(tiny_mnist_dir):
-    config = learning_env_setting.make_config(data_dir=tiny_mnist_dir, batch_size=64)
+@pytest.mark.parametrize("epoch", [2, 3])  # augmented, clean
+def test_batches_made_in_the_step_match_the_tf_data_pipeline(tiny_mnist_dir, epoch):
+    config = learning_env_setting.make_config(data_dir=tiny_mnist_dir, batch_size=64,
+                                              epochs=3, clean_epochs=1)
     data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
     make_batch = tf.function(data.make_batch)
-    pipeline = list(data.train_dataset(2, skip=1))
-    in_step = [make_batch(indices, seed) for indices, seed in data.train_batches(2, skip=1)]
+    pipeline = list(data.train_dataset(epoch, skip=1))
+    in_step = [make_batch(*batch) for batch in data.train_batches(epoch, skip=1)]
     assert len(in_step) == len(pipeline) == data.steps_per_epoch - 1
     for (images_a, labels_a), (images_b, labels_b) in zip(pipeline, in_step):
         np.testing.assert_array_equal(labels_a, labels_b)
         np.testing.assert_allclose(images_a, images_b, atol=1e-6)
+
+
+def test_clean_epochs_train_on_the_images_as_they_are(tiny_mnist_dir):
+    config = learning_env_setting.make_config(data_dir=tiny_mnist_dir, batch_size=64,
+                                              epochs=4, clean_epochs=2)
+    data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
+    assert [data.augments(epoch) for epoch in (1, 2, 3, 4, 5)] == [True, True, False, False, False]
+    make_batch = tf.function(data.make_batch)
+    for epoch in (2, 3):
+        indices, seed, augment = next(data.train_batches(epoch))
+        images, labels = make_batch(indices, seed, augment)
+        plain = data.train_images[indices.numpy()] / 255.0
+        np.testing.assert_array_equal(labels, data.train_labels[indices.numpy()])
+        # Epoch 2 is augmented (its images differ from the plain ones), epoch 3 is clean.
+        assert bool(augment) is (epoch == 2)
+        assert np.allclose(images, plain, atol=1e-6) is (epoch == 3)
+    # Without augmentation no epoch augments, whatever --clean-epochs says.
+    plain_run = dataclasses.replace(config, augment=False)
+    data = dataset_utils.load_processing_mnist(plain_run, announce=lambda *_: None)
+    assert not any(data.augments(epoch) for epoch in (1, 2, 3, 4))
+
+
+def test_clean_epochs_flag_and_presets(capsys):
+    assert main.parse_config([]).clean_epochs == learning_env_setting.PRESETS["standard"]["clean_epochs"] > 0
+    assert main.parse_config(["--preset", "fast"]).clean_epochs == 0
+    assert main.parse_config(["--clean-epochs", "0"]).clean_epochs == 0
+    describe = learning_env_setting.describe_augmentation
+    assert describe(main.parse_config(["--epochs", "5", "--clean-epochs", "2"])) == \
+        "on (off in the last 2 epochs)"
+    assert describe(main.parse_config(["--epochs", "2", "--clean-epochs", "2"])).startswith("off")
+    assert describe(main.parse_config(["--clean-epochs", "0"])) == "on"
+    assert describe(main.parse_config(["--preset", "fast"])) == "off"
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_config(["--clean-epochs", "-1"])
+    assert exit_info.value.code == 2
+    assert "--clean-epochs" in capsys.readouterr().err
 
 
 def test_run_directory_of_an_older_version_is_refused_with_its_reason(tmp_path):
@@ -99,9 +137,10 @@ def test_run_directory_of_an_older_version_is_refused_with_its_reason(tmp_path):
 def test_weight_average_warms_up_then_keeps_its_decay():
     network = model_module.build_model("convnet-fast")
     average = train_validation_test.WeightAverage(network, decay=0.2)
-    # Weights and batch-norm statistics are averaged; the dropout generator's state is not.
-    assert len(average.targets) == sum(
-        1 for variable in network.variables if "float" in str(variable.dtype))
+    # The trainable weights are averaged; batch-norm statistics and the dropout generator's
+    # state are not.
+    assert [v.path for v in average.targets] == [v.path for v in network.trainable_variables]
+    assert not any("moving" in v.path for v in average.targets)
     kernel, shadow = average.targets[0], average.shadows[0]
     expected = kernel.numpy().copy()
     for n, value in enumerate([1.0, -2.0, 0.5], start=1):
