@@ -411,6 +411,13 @@ class MnistData:
         """Whether 1-based `epoch` trains on augmented images."""
         return self.augment and (self.clean_from_epoch is None or epoch < self.clean_from_epoch)
 
+    def _epoch_plan(self, epoch):
+        """The training-set order of 1-based `epoch` and whether it augments (a bool tensor)."""
+        import tensorflow as tf
+
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
+        return order, tf.constant(self.augments(epoch))
+
     def make_batch(self, indices, seed, augment):
         """(float images, labels) of the training examples `indices`, augmented with `seed`
         where the boolean tensor `augment` says so.
@@ -437,8 +444,7 @@ class MnistData:
         """
         import tensorflow as tf
 
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
-        augment = tf.constant(self.augments(epoch))
+        order, augment = self._epoch_plan(epoch)
         for batch in range(skip, self.steps_per_epoch):
             indices = order[batch * self.batch_size:(batch + 1) * self.batch_size]
             yield (tf.constant(indices, tf.int64),
@@ -452,9 +458,8 @@ class MnistData:
         """
         import tensorflow as tf
 
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
+        order, augment = self._epoch_plan(epoch)
         seed = self.seed
-        augment = tf.constant(self.augments(epoch))
 
         def batch(batch_index, indices):
             batch_seed = tf.stack([tf.constant(seed, tf.int64),
