@@ -27,13 +27,14 @@ import time
 from bench_utils import CODE, DEFAULT_DATA_DIR, epoch_timings, machine, run_main
 
 sys.path.insert(0, CODE)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import basic_utils  # noqa: E402
+
+basic_utils.set_tensorflow_environment()  # as code/main.py does, before TensorFlow loads
 
 
 def loop_vs_fit(data_dir, repeats, steps):
     import keras
 
-    import basic_utils
     import dataset_utils
     import learning_env_setting
     import model as model_module

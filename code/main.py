@@ -9,13 +9,13 @@ Errors the user can fix end with one line on stderr and exit code 2, never a tra
 
 import argparse
 import math
-import os
 import sys
 
-# Keep TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) off the console.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import basic_utils
 
-import basic_utils  # noqa: E402  (TF_CPP_MIN_LOG_LEVEL must be set first)
+# Before anything imports TensorFlow: oneDNN kernels on, C++ start-up notes off.
+basic_utils.set_tensorflow_environment()
+
 import learning_env_setting  # noqa: E402
 
 DEFAULTS = learning_env_setting.Config()

@@ -3,7 +3,10 @@
 import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import basic_utils
+
+# The kernels and log level code/main.py uses, set before any test imports TensorFlow.
+basic_utils.set_tensorflow_environment(log_level="2")
 
 import pytest  # noqa: E402
 
