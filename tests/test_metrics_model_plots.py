@@ -50,6 +50,52 @@ def test_model_outputs_one_logit_per_class():
     np.testing.assert_allclose(network(images, training=False), logits)
 
 
+
+def test_fused_batch_norm_matches_keras_batch_normalization():
+    import keras
+
+    rng = np.random.default_rng(1)
+    channels = 6
+    gamma, beta = rng.normal(1.0, 0.2, channels), rng.normal(0.0, 0.2, channels)
+    fused = model_module.FusedBatchNorm(momentum=0.9)
+    reference = keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (fused, reference):
+        layer.build((None, 5, 5, channels))
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    for step in range(3):
+        # Channels with different means and spreads, so a mix-up of axes would show.
+        images = (rng.normal(size=(8, 5, 5, channels)) * np.arange(1, channels + 1)
+                  + np.arange(channels)).astype("float32")
+        # Training: normalised with the batch's statistics, moving averages updated.
+        np.testing.assert_allclose(fused(images, training=True),
+                                   reference(images, training=True), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean, reference.moving_mean, rtol=1e-5, atol=1e-6)
+    # The fused kernel's variance carries Bessel's correction n / (n - 1), n = 8 * 5 * 5.
+    n = 8 * 5 * 5
+    expected_variance = 0.9 ** 3 + (reference.moving_variance - 0.9 ** 3) * n / (n - 1)
+    np.testing.assert_allclose(fused.moving_variance, expected_variance, rtol=1e-4)
+    # Inference: normalised with the moving statistics, which stay as they are.
+    fused.moving_variance.assign(reference.moving_variance)
+    moving_mean = fused.moving_mean.numpy()
+    np.testing.assert_allclose(fused(images, training=False),
+                               reference(images, training=False), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(fused.moving_mean.numpy(), moving_mean)
+    # Gradients with respect to the input, the scale and the offset agree too.
+    import tensorflow as tf
+
+    weights = tf.constant(rng.normal(size=images.shape).astype("float32"))
+    gradients = []
+    for layer in (fused, reference):
+        inputs = tf.constant(images)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            objective = tf.reduce_sum(layer(inputs, training=True) * weights)
+        gradients.append(tape.gradient(objective, [inputs, layer.gamma, layer.beta]))
+    for ours, theirs in zip(*gradients):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+
+
 def _history(epochs):
     rng = np.random.default_rng(epochs)
     rows = []
