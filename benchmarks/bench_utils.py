@@ -13,7 +13,7 @@ CODE = os.path.join(HERE, "..", "code")
 MAIN = os.path.join(CODE, "main.py")
 DEFAULT_DATA_DIR = os.path.join(HERE, "..", "..", "shared", "data", "mnist")
 
-# "Epoch  3/14  (35.0 s: train 31.0 s, validation 0.8 s, test 1.3 s)"
+# "Epoch  3/20  (25.0 s: train 23.0 s, validation 0.8 s, test 1.3 s)"
 EPOCH_HEADER = re.compile(r"^Epoch\s+(\d+)/\d+\s+\(.*?: (.*)\)$")
 # "  saved /run/epoch_0003 (plots and checkpoint rendered in 0.6 s, written in 0.01 s)"
 SAVED_LINE = re.compile(r"rendered in ([0-9.]+) s, written in ([0-9.]+) s")

@@ -31,7 +31,7 @@ PRESETS = {
     # Best accuracy within ten minutes on two CPU cores: a four-convolution batch-normalised
     # convnet, augmentation (off for the last two epochs), Adam with a one-cycle schedule.
     "standard": {
-        "model": "convnet", "epochs": 14, "batch_size": 128, "optimizer": "adam",
+        "model": "convnet", "epochs": 20, "batch_size": 128, "optimizer": "adam",
         "learning_rate": 3e-3, "schedule": "one-cycle", "validation_fraction": 0.1,
         "augment": True, "clean_epochs": 2, "weight_average": 0.999,
     },
@@ -60,7 +60,7 @@ class Config:
 
     preset: str = "standard"
     model: str = "convnet"
-    epochs: int = 14
+    epochs: int = 20
     batch_size: int = 128
     optimizer: str = "adam"
     learning_rate: float = 3e-3
