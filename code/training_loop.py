@@ -34,6 +34,9 @@ def library_versions():
         "tensorflow_datasets": tfds.__version__,
         "numpy": np.__version__,
         "matplotlib": matplotlib.__version__,
+        # The CPU kernels (basic_utils.set_tensorflow_environment): another setting changes
+        # the last bits of the results, as another library version would.
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
     }
 
 

@@ -92,6 +92,8 @@ def test_two_epochs_write_exactly_the_documented_layout(two_epoch_run):
     assert config["epochs"] == 2 and config["batch_size"] == 16 and config["seed"] == 0
     assert config["data_source"] == "idx" and len(config["data_fingerprint"]) == 64
     assert "tensorflow" in config["versions"] and "keras" in config["versions"]
+    # The kernels the run used (conftest.py sets the default main.py sets: oneDNN on).
+    assert config["versions"]["TF_ENABLE_ONEDNN_OPTS"] == os.environ["TF_ENABLE_ONEDNN_OPTS"]
     epoch_metrics = json.loads((run_dir / "epoch_0002" / "metrics.json").read_text())
     matrix = epoch_metrics["val_confusion_matrix"]
     assert len(matrix) == 10 and all(len(row) == 10 for row in matrix)
