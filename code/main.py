@@ -53,7 +53,7 @@ _decay = _converter(float, lambda value: 0 <= value < 1, "a number from 0 up to 
 
 
 def _preset_help(name):
-    """'(standard: 14, fast: 2, seed: 50)' for a preset-controlled setting."""
+    """'(standard: 20, fast: 2, seed: 50)' for a preset-controlled setting."""
     values = ", ".join(
         f"{preset}: {settings[name]}" for preset, settings in learning_env_setting.PRESETS.items()
     )

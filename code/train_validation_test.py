@@ -107,7 +107,7 @@ class WeightAverage:
     with n the number of updates, this one included. The warm-up term lets the average follow the
     fast early training instead of leaning on the random initial weights: it spans about
     the last ninth of the steps taken until d reaches `decay` (0.999, after about 9,000
-    steps; the 5,900 steps of the standard preset end at d = 0.9985, a span of about 650
+    steps; the 8,440 steps of the standard preset end at d = 0.9989, a span of about 940
     steps). Averaging smooths out the step-to-step noise of the weights.
 
     Batch norm's moving statistics are not averaged: evaluation uses the model's own, which
