@@ -334,6 +334,15 @@ def config_differences(saved, current):
     return differences
 
 
+def version_differences(saved, current):
+    """The library versions and kernels setting that differ between two config records,
+    as 'name old -> new' strings. They do not stop a resume (the run continues correctly)
+    but end bit-identity with a run that never stopped."""
+    old, new = saved.get("versions") or {}, current.get("versions") or {}
+    return [f"{name} {old.get(name, 'unrecorded')} -> {new[name]}"
+            for name in new if old.get(name, "unrecorded") != new[name]]
+
+
 def _version(model_name):
     """The architecture version of a recorded model name: 'convnet-v4' -> 'v4'."""
     return model_name.rsplit("-", 1)[-1]

@@ -107,9 +107,17 @@ def test_rerun_with_more_epochs_trains_only_the_new_epoch(two_epoch_run, tiny_di
     run_dir, _ = two_epoch_run
     before = {name: tree_digest(run_dir / name) for name in ("epoch_0001", "epoch_0002")}
     rows_before = read_metrics(run_dir)
+    # As if epochs 1-2 had been trained with the other CPU kernels: the rerun says so.
+    config_path = run_dir / "config.json"
+    saved = json.loads(config_path.read_text())
+    kernels = saved["versions"]["TF_ENABLE_ONEDNN_OPTS"]
+    saved["versions"]["TF_ENABLE_ONEDNN_OPTS"] = "other"
+    config_path.write_text(json.dumps(saved))
     code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                               "--epochs", 3, "--batch-size", 16)
     assert code == 0, err
+    assert "Note: this run continues with other libraries or kernels" in out
+    assert f"TF_ENABLE_ONEDNN_OPTS other -> {kernels}" in out
     assert "Resuming after epoch 2" in out
     assert "Epoch 3/3" in out and "Epoch 1/3" not in out and "Epoch 2/3" not in out
     for name, digest in before.items():
@@ -164,6 +172,7 @@ def test_half_written_epoch_folder_is_never_resumed_from(two_epoch_run, tiny_dir
                               "--epochs", 3, "--batch-size", 16)
     assert code == 0, err
     assert "Resuming after epoch 2" in out and ".epoch_0003.partial" in out
+    assert "Note: this run continues" not in out  # same libraries and kernels: no note
     assert not partial.exists()
     assert set(os.listdir(run_dir / "epoch_0003")) == EPOCH_FILES
 
