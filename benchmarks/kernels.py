@@ -54,15 +54,21 @@ def measure(data_dir, chunks, steps):
                          data.make_batch, tvt.make_weight_average(config, network))
 
     runners = {layer: build(layer) for layer in LAYERS}
+    # Full batches of one epoch only (its last batch is short): 10 to warm up, then the chunks.
+    full_batches = len(data.train_labels) // config.batch_size
+    if 10 + chunks * steps > full_batches:
+        raise SystemExit(f"--chunks x --steps must be at most {full_batches - 10} "
+                         f"({full_batches} full batches per epoch, 10 for the warm-up)")
     batches = list(itertools.islice(data.train_batches(2), 10 + chunks * steps))
     for runner in runners.values():  # warm-up: tracing
         tvt.go_train(runner, batches[:10])
     rates = {layer: [] for layer in LAYERS}
     for chunk in range(chunks):
         part = batches[10 + chunk * steps:10 + (chunk + 1) * steps]
-        for layer, runner in runners.items():
+        # Alternate which layer goes first, so that a drift of the machine hits both alike.
+        for layer in (LAYERS if chunk % 2 == 0 else LAYERS[::-1]):
             started = time.perf_counter()
-            tvt.go_train(runner, part)
+            tvt.go_train(runners[layer], part)
             rates[layer].append(len(part) * config.batch_size / (time.perf_counter() - started))
     return rates
 
@@ -91,7 +97,7 @@ def main():
             raise SystemExit(f"TF_ENABLE_ONEDNN_OPTS={setting} run failed:\n{child.stderr}")
         results[setting] = json.loads(child.stdout.strip().splitlines()[-1])
 
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # machine() imports TensorFlow in this process
     base = statistics.median(results["0"]["keras"])
     print(f"Machine: {machine()}")
     print(f"Standard network, batch 128, {options.chunks} alternating chunks of "

@@ -23,11 +23,15 @@ class FusedBatchNorm(keras.layers.Layer):
     and offset `beta`; batch statistics in training, moving averages with `momentum` in
     inference), but Keras 3 builds it from separate mean, variance and arithmetic ops,
     while `FusedBatchNormV3` does it (and its gradient) in one kernel. With oneDNN on, a
-    training step of the standard network is about 1.1x faster on two CPU cores.
+    training step of the standard network is about 1.15-1.2x faster on two CPU cores
+    (benchmarks/kernels.py).
 
-    One difference: in training the kernel reports the batch variance with Bessel's
-    correction (n / (n - 1)), so the moving variance is larger by that factor; with n of
-    6,000 or more values per channel (a batch of 128 at 7x7) it is below 0.02 %.
+    Differences: in training the kernel reports the batch variance with Bessel's
+    correction (n / (n - 1)), so the moving variance is larger by that factor (n values
+    per channel: below 0.02 % for batch 128, whose smallest maps are 7x7, n = 6,272; 0.13 %
+    for batch 16). Only 4-D NHWC inputs, and `training` must be a Python bool (as the
+    networks here pass it); unlike Keras' layer, setting `trainable = False` does not
+    switch it to inference mode.
     """
 
     def __init__(self, momentum=0.9, epsilon=1e-3, **kwargs):

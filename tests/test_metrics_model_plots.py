@@ -50,7 +50,6 @@ def test_model_outputs_one_logit_per_class():
     np.testing.assert_allclose(network(images, training=False), logits)
 
 
-
 def test_fused_batch_norm_matches_keras_batch_normalization():
     import keras
 
