@@ -15,7 +15,7 @@ def set_tensorflow_environment(log_level="3"):
 
     TF_ENABLE_ONEDNN_OPTS=1 turns on the oneDNN CPU kernels, which TensorFlow enables by
     itself only on CPUs with AVX-512 deep-learning instructions. On this project's 2-core
-    AVX2 machine they train the standard network about 1.3x faster (1.5-1.6x together
+    AVX2 machine they train the standard network about 1.3x faster (1.4-1.6x together
     with `model.FusedBatchNorm`; benchmarks/kernels.py); 0 selects TensorFlow's Eigen kernels.
     TF_CPP_MIN_LOG_LEVEL keeps TensorFlow's C++ log messages off the console; the few lines
     it writes before its logging starts (CUDA probe, oneDNN notice) still appear.

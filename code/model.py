@@ -23,7 +23,7 @@ class FusedBatchNorm(keras.layers.Layer):
     and offset `beta`; batch statistics in training, moving averages with `momentum` in
     inference), but Keras 3 builds it from separate mean, variance and arithmetic ops,
     while `FusedBatchNormV3` does it (and its gradient) in one kernel. With oneDNN on, a
-    training step of the standard network is about 1.15-1.2x faster on two CPU cores
+    training step of the standard network is about 1.1-1.2x faster on two CPU cores
     (benchmarks/kernels.py).
 
     Differences: in training the kernel reports the batch variance with Bessel's
