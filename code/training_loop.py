@@ -79,8 +79,10 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     model_name = model_module.model_record_name(config.model)
     record = learning_env_setting.config_record(config, data.info, model_name, library_versions())
     learning_env_setting.check_compatible(run_directory, record)
+    # A saved config.json means an earlier invocation trained here (--overwrite removes it),
+    # at least up to a mid-epoch checkpoint.
     changed = (learning_env_setting.version_differences(run_directory.saved_config, record)
-               if run_directory.saved_config and run_directory.latest_epoch else [])
+               if run_directory.saved_config else [])
     if changed:
         out(f"Note: this run continues with other libraries or kernels than it was trained "
             f"with so far ({'; '.join(changed)}); it resumes correctly, but its numbers will "
