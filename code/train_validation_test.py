@@ -219,10 +219,10 @@ def go_train(steps, batches, should_stop=None, start_step=0, sums=None, after_st
 
     `batches` yields (indices, augmentation seed, augment) triples, as
     `MnistData.train_batches` gives them. Loss and accuracy are measured on the training
-    batches as the model saw them (augmented or not), in training mode (dropout on). `start_step` and `sums` continue an
-    epoch that a mid-epoch checkpoint interrupted; `after_step(step, sums)` runs after
-    every step (the loop writes mid-epoch checkpoints from it) and `should_stop()` after
-    that.
+    batches as the model saw them (augmented or not), in training mode (dropout on).
+    `start_step` and `sums` continue an epoch that a mid-epoch checkpoint interrupted;
+    `after_step(step, sums)` runs after every step (the loop writes mid-epoch checkpoints
+    from it) and `should_stop()` after that.
     """
     sums = resetter() if sums is None else np.array(sums, dtype=np.float64)
     step = start_step
