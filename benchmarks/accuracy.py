@@ -10,7 +10,9 @@ main.py prints it) summed up to the first epoch whose test accuracy reaches X.
 """
 
 import argparse
+import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -35,7 +37,7 @@ def time_to(rows, train_seconds, threshold):
     return None
 
 
-def run_recipe(recipe, seed, data_dir, runs_dir, epochs):
+def run_recipe(recipe, seed, data_dir, runs_dir, epochs, extra):
     run_dir = os.path.join(runs_dir, f"{recipe}-seed{seed}")
     if os.path.exists(run_dir):
         raise SystemExit(f"accuracy.py: {run_dir} exists; pass an empty --runs-dir "
@@ -43,15 +45,18 @@ def run_recipe(recipe, seed, data_dir, runs_dir, epochs):
     arguments = ["--preset", recipe, "--seed", seed, "--data-dir", data_dir, "--run-dir", run_dir]
     if epochs:
         arguments += ["--epochs", epochs]
-    output, wall, _ = run_main(arguments)
+    output, wall, _ = run_main(arguments + extra)
     with open(f"{run_dir}.log", "w", encoding="utf-8") as handle:
         handle.write(output)  # what main.py printed, beside its run directory
     rows = read_metrics(run_dir)
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
+        saved_config = json.load(handle)  # what the run resolved, e.g. its precision
     timings = epoch_timings(output)
     train_seconds = {epoch: parts["train"] for epoch, parts in timings.items()}
     result = {
         "recipe": recipe, "seed": seed, "rows": rows, "wall": wall,
         "train_seconds": train_seconds,
+        "config": saved_config,
         "final": rows[-1]["test_accuracy"],
         "to": {threshold: time_to(rows, train_seconds, threshold) for threshold in THRESHOLDS},
     }
@@ -72,7 +77,10 @@ def print_recipe(recipe, results):
           f"({settings.schedule}), augmentation "
           f"{learning_env_setting.describe_augmentation(settings)}, "
           f"validation fraction {settings.validation_fraction}"
-          + (f", weight average {settings.weight_average:g}" if settings.weight_average else ""))
+          + (f", weight average {settings.weight_average:g}" if settings.weight_average else "")
+          + f", precision {results[0]['config']['precision']}"
+          + (", XLA" if results[0]["config"]["xla"] else "")
+          + f", on {results[0]['config']['versions']['device']}")
     print()
     seeds = [result["seed"] for result in results]
     print("| epoch | " + " | ".join(f"seed {seed}: test acc | train s" for seed in seeds) + " |")
@@ -117,6 +125,8 @@ def main():
     parser.add_argument("--runs-dir", default=None,
                         help="keep the run directories and main.py's output (RUN.log) here "
                              "(default: a temporary folder, deleted at the end)")
+    parser.add_argument("--main-args", default="",
+                        help="more main.py flags for every run, e.g. \"--precision float32\"")
     options = parser.parse_args()
     if not os.path.isdir(options.data_dir):
         raise SystemExit(f"accuracy.py: no MNIST folder at {options.data_dir}; pass --data-dir.")
@@ -132,7 +142,8 @@ def main():
         # Each recipe's tables are printed as soon as its seeds are done.
         for recipe in options.recipes:
             results = [run_recipe(recipe, seed, options.data_dir, runs_dir,
-                                  options.seed_epochs if recipe == "seed" else 0)
+                                  options.seed_epochs if recipe == "seed" else 0,
+                                  shlex.split(options.main_args))
                        for seed in options.seeds]
             print_recipe(recipe, results)
             sys.stdout.flush()

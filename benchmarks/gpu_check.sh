@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# GPU check: the speed and accuracy tables on a machine with a GPU, in under 5 minutes.
+# GPU check: the speed and accuracy tables on a machine with a GPU, in about 5 minutes.
 #
 #   bash benchmarks/gpu_check.sh [MNIST_IDX_DIR]      (default: ../shared/data/mnist)
 #
 # Needs the project's requirements installed with a CUDA-enabled TensorFlow
-# (pip install "tensorflow[and-cuda]" on Linux). Prints the card, then the tables of
-# benchmarks/speed.py and benchmarks/accuracy.py (fast and standard presets, seed 0).
-set -euo pipefail
+# (pip install "tensorflow[and-cuda]" on Linux). Prints the card, then:
+#   1. speed.py with the GPU defaults (--precision auto = mixed), then float32, then mixed
+#      with XLA (op determinism off), each against model.fit() on the same settings;
+#   2. accuracy.py, fast and standard presets, seed 0, GPU defaults.
+# Each step has its own time limit; a failure or timeout is reported and the next runs.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 data="${1:-../shared/data/mnist}"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
+step() {  # step SECONDS COMMAND...: run with a time limit, say so when it fails
+  local limit=$1; shift
+  echo; echo "## $*"; echo
+  timeout "$limit" "$@" || echo "gpu_check.sh: '$*' failed or ran out of time (exit $?)"
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python - <<'PY'
+python - <<'PY' || exit 1
 import tensorflow as tf
 gpus = tf.config.list_physical_devices("GPU")
 if not gpus:
@@ -20,8 +29,8 @@ if not gpus:
 for gpu in gpus:
     print("TensorFlow", tf.__version__, "uses", tf.config.experimental.get_device_details(gpu))
 PY
-# Each step reports its own failure or timeout and the next one still runs.
-timeout 120 python benchmarks/speed.py --data-dir "$data" --repeats 2 --overhead-epochs 2 \
-  || echo "gpu_check.sh: speed.py failed or ran out of time (exit $?)"
-timeout 150 python benchmarks/accuracy.py --data-dir "$data" --recipes fast standard --seeds 0 \
-  || echo "gpu_check.sh: accuracy.py failed or ran out of time (exit $?)"
+speed=(python benchmarks/speed.py --data-dir "$data" --repeats 2 --overhead-epochs 2)
+step 90 "${speed[@]}"
+step 90 "${speed[@]}" --precision float32
+step 120 "${speed[@]}" --xla
+step 150 python benchmarks/accuracy.py --data-dir "$data" --recipes fast standard --seeds 0

@@ -38,7 +38,7 @@ def measure(data_dir, chunks, steps):
     import model as model_module
     import train_validation_test as tvt
 
-    config = learning_env_setting.make_config(data_dir=data_dir)
+    config = learning_env_setting.make_config(data_dir=data_dir, precision="float32")
     basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
 

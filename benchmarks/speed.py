@@ -7,7 +7,10 @@ preset's, from `MnistData`) trained by our loop and by Keras `model.fit()` on th
 equivalent tf.data pipeline, one whole epoch each, alternating, after a warm-up that
 compiles both. `fit()` is compiled as Keras chooses by default (`jit_compile="auto"`; with
 op determinism on, as in the application, Keras picks no XLA, and for this model it also
-refuses `jit_compile=True`).
+refuses `jit_compile=True`). With `--xla` both are compiled by XLA, and op determinism is off.
+
+`--precision` is resolved as main.py resolves it (auto: mixed with a GPU, else float32), and
+both contenders use it.
 
 Part 2: `code/main.py` itself for a few epochs on the full data in a temporary run
 directory; the per-phase times it prints give the overhead of validation, test, rendering
@@ -32,33 +35,38 @@ import basic_utils  # noqa: E402
 basic_utils.set_tensorflow_environment()  # as code/main.py does, before TensorFlow loads
 
 
-def loop_vs_fit(data_dir, repeats, steps):
+def loop_vs_fit(data_dir, repeats, steps, precision, xla):
     import keras
+    import tensorflow as tf
 
     import dataset_utils
     import learning_env_setting
     import model as model_module
     import train_validation_test as tvt
 
-    config = learning_env_setting.make_config(data_dir=data_dir)
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    config = learning_env_setting.make_config(
+        data_dir=data_dir, xla=xla, deterministic=not xla,
+        precision=learning_env_setting.resolve_precision(precision, None, gpu))
     basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
     steps = min(steps or data.steps_per_epoch, data.steps_per_epoch)
     images = min(steps * config.batch_size, len(data.train_labels))
 
     # Ours as main.py trains: with the standard preset's weight average updated every step.
-    network = model_module.build_model(config.model)
+    network = model_module.build_model(config.model, precision=config.precision)
     ours = tvt.Steps(network, tvt.make_optimizer(config, data.steps_per_epoch), data.make_batch,
-                     tvt.make_weight_average(config, network))
+                     tvt.make_weight_average(config, network), jit_compile=config.xla)
 
     def run_ours(epoch, count):
         tvt.go_train(ours, itertools.islice(data.train_batches(epoch), count))
 
-    fitted = model_module.build_model(config.model)
+    fitted = model_module.build_model(config.model, precision=config.precision)
     fitted.compile(
         optimizer=tvt.make_optimizer(config, data.steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        jit_compile=True if config.xla else "auto",
     )
 
     def run_fit(epoch, count):
@@ -77,11 +85,13 @@ def loop_vs_fit(data_dir, repeats, steps):
     return config, steps, images, seconds, fitted.jit_compile
 
 
-def overhead(data_dir, epochs):
+def overhead(data_dir, epochs, precision, xla):
     work = tempfile.mkdtemp(prefix="speed-bench-")
     try:
         output, _, _ = run_main(["--data-dir", data_dir, "--epochs", epochs,
-                                 "--run-dir", os.path.join(work, "run")])
+                                 "--run-dir", os.path.join(work, "run"),
+                                 "--precision", precision]
+                                + (["--xla", "--no-determinism"] if xla else []))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {epoch: parts for epoch, parts in epoch_timings(output).items() if epoch > 1}
@@ -98,6 +108,10 @@ def main():
     parser.add_argument("--overhead-epochs", type=int, default=3,
                         help="epochs of main.py for the overhead table; the first is "
                              "left out (default: %(default)s)")
+    parser.add_argument("--precision", choices=("auto", "float32", "mixed"), default="auto",
+                        help="as main.py's --precision (default: %(default)s)")
+    parser.add_argument("--xla", action="store_true",
+                        help="compile both contenders with XLA (op determinism off)")
     options = parser.parse_args()
     if not os.path.isdir(options.data_dir):
         raise SystemExit(f"speed.py: no MNIST folder at {options.data_dir}; pass --data-dir.")
@@ -105,12 +119,14 @@ def main():
         raise SystemExit("speed.py: --overhead-epochs must be at least 2 (epoch 1 is left out).")
 
     config, steps, images, seconds, jit = loop_vs_fit(options.data_dir, options.repeats,
-                                                      options.steps)
-    phases = overhead(options.data_dir, options.overhead_epochs)
+                                                      options.steps, options.precision,
+                                                      options.xla)
+    phases = overhead(options.data_dir, options.overhead_epochs, config.precision, config.xla)
 
     print(f"Machine: {machine()}.")
     print(f"Model {config.model}, batch {config.batch_size}, {config.optimizer} "
-          f"({config.schedule}), augmentation {'on' if config.augment else 'off'}; "
+          f"({config.schedule}), augmentation {'on' if config.augment else 'off'}, "
+          f"precision {config.precision}{', XLA' if config.xla else ''}; "
           f"{steps} steps ({images:,} images) per timing, medians of {options.repeats}, "
           f"alternating in one process.")
     print()
@@ -118,7 +134,8 @@ def main():
     print("| --- | ---: | ---: | ---: |")
     median = {label: statistics.median(values) for label, values in seconds.items()}
     average = " and the weight average updated" if config.weight_average else ""
-    names = {"ours": f"ours (`go_train`, batches gathered and augmented in the step{average})",
+    names = {"ours": f"ours (`go_train`, batches gathered and augmented in the step{average}"
+                     f"{', XLA' if config.xla else ''})",
              "fit": f"`model.fit()` on the tf.data pipeline (jit_compile resolved to {jit})"}
     for label, name in names.items():
         ratio = median[label] / median["ours"]
@@ -130,7 +147,8 @@ def main():
           + "; ".join(f"{label} " + ", ".join(f"{value:.1f}" for value in values)
                       for label, values in seconds.items()) + " s.")
     print()
-    print(f"Per-epoch phases of `code/main.py` (standard preset, full data), "
+    print(f"Per-epoch phases of `code/main.py` (standard preset, precision {config.precision}"
+          f"{', XLA' if config.xla else ''}, full data), "
           f"epochs {', '.join(map(str, phases))} (medians):")
     print()
     print("| phase | seconds | share of the epoch |")

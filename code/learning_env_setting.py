@@ -52,6 +52,9 @@ PRESETS = {
 MODELS = ("convnet", "convnet-fast", "seed")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("one-cycle", "constant")
+# float32 throughout, or float16 arithmetic with float32 weights and loss scaling ("mixed");
+# "auto" picks mixed when TensorFlow sees a GPU (see `resolve_precision`).
+PRECISIONS = ("auto", "float32", "mixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,8 @@ class Config:
     clean_epochs: int = 2
     weight_average: float = 0.999
     deterministic: bool = True
+    precision: str = "auto"
+    xla: bool = False
     checkpoint_every_steps: int = 250
     data_dir: str | None = None
     run_dir: str | None = None
@@ -104,10 +109,13 @@ RESULT_SETTINGS = (
     "clean_epochs",
     "weight_average",
     "deterministic",
+    "precision",
     "model",
     "data_source",
     "data_fingerprint",
 )
+# What a config.json saved before a setting existed implies for it.
+SAVED_DEFAULTS = {"precision": "float32"}
 
 
 def describe_augmentation(config):
@@ -137,6 +145,7 @@ def validate_config(config):
     for flag, value, choices in (("--model", config.model, MODELS),
                                  ("--optimizer", config.optimizer, OPTIMIZERS),
                                  ("--schedule", config.schedule, SCHEDULES),
+                                 ("--precision", config.precision, PRECISIONS),
                                  ("--preset", config.preset, tuple(PRESETS))):
         if value not in choices:
             raise UserError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}.")
@@ -153,6 +162,26 @@ def validate_config(config):
         raise UserError(
             f"unknown --dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}."
         )
+    if config.xla and config.deterministic:
+        raise UserError(
+            "--xla needs --no-determinism: XLA has no deterministic gradient of max-pooling, "
+            "so TensorFlow refuses to compile the training step while op determinism is on."
+        )
+
+
+def resolve_precision(requested, saved_config, gpu_available):
+    """The precision a run trains in: 'float32' or 'mixed'.
+
+    An explicit --precision wins (a resumed run refuses a change, as for other settings).
+    'auto' keeps what a resumed run was trained in, else picks mixed precision when a GPU
+    is present (its tensor cores compute in float16) and float32 on CPUs, where float16
+    trains about 3x slower (611 vs 2,074 images/s measured on two cores).
+    """
+    if requested != "auto":
+        return requested
+    if saved_config is not None:
+        return saved_config.get("precision", SAVED_DEFAULTS["precision"])
+    return "mixed" if gpu_available else "float32"
 
 
 def epoch_dir_name(epoch):
@@ -328,7 +357,7 @@ def config_differences(saved, current):
     for name in RESULT_SETTINGS:
         if name not in current:
             continue
-        old, new = saved.get(name), current[name]
+        old, new = saved.get(name, SAVED_DEFAULTS.get(name)), current[name]
         if old != new:
             differences.append(f"{name}: {old!r} -> {new!r}")
     return differences

@@ -114,6 +114,15 @@ def build_parser():
     parser.add_argument("--no-determinism", dest="deterministic", action="store_false",
                         help="allow TensorFlow's non-deterministic kernels (faster on some GPUs; "
                              "runs are then not bit-reproducible)")
+    parser.add_argument("--precision", choices=learning_env_setting.PRECISIONS,
+                        default=DEFAULTS.precision,
+                        help="float32, or mixed: float16 arithmetic with float32 weights and "
+                             "loss scaling, for GPUs; auto picks mixed when TensorFlow sees a "
+                             "GPU and float32 otherwise, and keeps a resumed run's precision "
+                             "(default: %(default)s)")
+    parser.add_argument("--xla", action="store_true",
+                        help="compile the steps with XLA (for GPUs; slower on CPUs); needs "
+                             "--no-determinism")
     parser.add_argument("--checkpoint-every-steps", type=_non_negative_int,
                         default=DEFAULTS.checkpoint_every_steps,
                         help="also checkpoint inside an epoch every N training steps, so an "

@@ -1,8 +1,12 @@
 """The networks: `MnistClassifier` (batch-normalised convnets) and `SeedClassifier` (the original recipe).
 
 Input: float images in [0, 1] of shape [batch, 28, 28, 1]. Output: unnormalised class scores
-(logits) of shape [batch, 10]; the loss applies the softmax, which is numerically safer than
-a softmax layer followed by a log.
+(logits) of shape [batch, 10], always float32; the loss applies the softmax, which is
+numerically safer than a softmax layer followed by a log.
+
+`build_model(name, precision="mixed")` builds a network whose layers compute in float16
+and keep their weights in float32 (Keras' "mixed_float16" policy, given to each layer
+rather than set globally, so other models in the process are unaffected).
 """
 
 import keras
@@ -35,6 +39,9 @@ class FusedBatchNorm(keras.layers.Layer):
     """
 
     def __init__(self, momentum=0.9, epsilon=1e-3, **kwargs):
+        # The kernel takes float16 maps with float32 scale, offset and statistics, so under
+        # a mixed-precision policy the weights must not be cast to the compute type.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
@@ -99,24 +106,27 @@ class MnistClassifier(keras.Model):
         self.dropout_rate = dropout
         self.num_classes = num_classes
         layers = keras.layers
+        policy = self.dtype_policy  # every layer computes in the model's precision
 
         def conv_block(width, kernel, strides=1):
             return [
-                layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False),
+                layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False,
+                              dtype=policy),
                 # Momentum 0.9 (Keras defaults to 0.99): the moving statistics used at
                 # inference then settle within tens of steps, which matters for small
                 # datasets such as the 4,000-digit offline fallback (31 steps per epoch).
-                FusedBatchNorm(momentum=0.9),
-                layers.ReLU(),
+                FusedBatchNorm(momentum=0.9, dtype=policy),
+                layers.ReLU(dtype=policy),
             ]
 
         self.feature_layers = conv_block(self.stem, 5, strides=2)
         for stage in self.stages:
             for width in stage:
                 self.feature_layers += conv_block(width, 3)
-            self.feature_layers.append(layers.MaxPooling2D(2, padding="same"))
-        self.feature_layers += [layers.Flatten(), layers.Dropout(dropout)]
-        self.classifier = layers.Dense(num_classes)
+            self.feature_layers.append(layers.MaxPooling2D(2, padding="same", dtype=policy))
+        self.feature_layers += [layers.Flatten(dtype=policy),
+                                layers.Dropout(dropout, dtype=policy)]
+        self.classifier = layers.Dense(num_classes, dtype=policy)
 
     def call(self, images, training=False):
         x = images
@@ -124,7 +134,8 @@ class MnistClassifier(keras.Model):
             # Keras passes `training` only to layers whose call() accepts it
             # (batch normalisation and dropout).
             x = layer(x, training=training)
-        return self.classifier(x)
+        # float32 logits, so that the softmax and loss never compute in float16.
+        return keras.ops.cast(self.classifier(x), "float32")
 
     def get_config(self):
         config = super().get_config()
@@ -146,21 +157,22 @@ class SeedClassifier(keras.Model):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         layers = keras.layers
+        policy = self.dtype_policy
         self.body = [
-            layers.Conv2D(8, 5, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(32, 5, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-            layers.Dense(64, activation="relu"),
-            layers.Dense(num_classes),
+            layers.Conv2D(8, 5, activation="relu", dtype=policy),
+            layers.MaxPooling2D(2, dtype=policy),
+            layers.Conv2D(32, 5, activation="relu", dtype=policy),
+            layers.MaxPooling2D(2, dtype=policy),
+            layers.Flatten(dtype=policy),
+            layers.Dense(64, activation="relu", dtype=policy),
+            layers.Dense(num_classes, dtype=policy),
         ]
 
     def call(self, images, training=False):
         x = images
         for layer in self.body:
             x = layer(x)
-        return x
+        return keras.ops.cast(x, "float32")
 
     def get_config(self):
         config = super().get_config()
@@ -171,10 +183,14 @@ class SeedClassifier(keras.Model):
 # Name -> how to build it. The name (with MODEL_VERSION) is recorded in config.json and
 # checked when a run resumes.
 MODELS = {
-    "convnet": lambda num_classes: MnistClassifier(24, ((32,), (64, 64)), 0.3, num_classes),
-    "convnet-fast": lambda num_classes: MnistClassifier(32, ((), (64,)), 0.0, num_classes),
-    "seed": lambda num_classes: SeedClassifier(num_classes),
+    "convnet": lambda num_classes, **kwargs: MnistClassifier(24, ((32,), (64, 64)), 0.3,
+                                                             num_classes, **kwargs),
+    "convnet-fast": lambda num_classes, **kwargs: MnistClassifier(32, ((), (64,)), 0.0,
+                                                                  num_classes, **kwargs),
+    "seed": lambda num_classes, **kwargs: SeedClassifier(num_classes, **kwargs),
 }
+# --precision -> Keras dtype policy of every layer.
+DTYPE_POLICIES = {"float32": "float32", "mixed": "mixed_float16"}
 
 
 def model_record_name(name):
@@ -182,11 +198,18 @@ def model_record_name(name):
     return f"{name}-v{MODEL_VERSION}"
 
 
-def build_model(name="convnet", num_classes=10):
-    """The named network with its weights created, ready for training."""
+def build_model(name="convnet", num_classes=10, precision="float32"):
+    """The named network with its weights created, ready for training.
+
+    `precision` "mixed" computes in float16 with float32 weights; the weights (and so
+    checkpoints of the model alone) are the same in both precisions.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    model = MODELS[name](num_classes)
+    if precision not in DTYPE_POLICIES:
+        raise ValueError(f"unknown precision {precision!r}; choose one of "
+                         f"{', '.join(DTYPE_POLICIES)}")
+    model = MODELS[name](num_classes, dtype=DTYPE_POLICIES[precision])
     # A subclassed model creates its weights on the first call; one dummy image does it.
     model(keras.ops.zeros((1, 28, 28, 1)))
     return model

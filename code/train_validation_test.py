@@ -81,8 +81,14 @@ def make_optimizer(config, steps_per_epoch):
     """The optimizer of `config`: Adam or plain SGD, one-cycle or constant learning rate.
 
     The one-cycle schedule spans `config.epochs` epochs; extending a finished run therefore
-    re-plans the remaining schedule over the new length.
+    re-plans the remaining schedule over the new length. In mixed precision the optimizer
+    is wrapped in Keras' `LossScaleOptimizer`: the loss is multiplied by a scale (starting
+    at 2^15) before differentiation so that small float16 gradients do not round to zero;
+    a step whose gradients overflow is skipped and halves the scale, and 2,000 steps
+    without overflow double it. Its scale is optimizer state, saved in every checkpoint.
     """
+    if config.precision not in ("float32", "mixed"):
+        raise ValueError(f"precision must be resolved to float32 or mixed, got {config.precision!r}")
     if config.schedule == "one-cycle":
         rate = OneCycle(config.learning_rate, config.epochs * steps_per_epoch)
     elif config.schedule == "constant":
@@ -90,10 +96,14 @@ def make_optimizer(config, steps_per_epoch):
     else:
         raise ValueError(f"unknown schedule {config.schedule!r}")
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=rate)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+        optimizer = keras.optimizers.Adam(learning_rate=rate)
+    elif config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=rate)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    if config.precision == "mixed":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 class WeightAverage:
@@ -164,13 +174,19 @@ class Steps:
     `make_batch(indices, seed, augment)` turns a batch of training-set indices into (images,
     labels) inside the compiled step (see `dataset_utils.MnistData.make_batch`), so the
     training data never passes through Python or a separate input pipeline.
+
+    With `jit_compile`, XLA compiles the model's part of the training step (forward,
+    backward, optimizer and weight-average updates) and the evaluation step. Batch making
+    stays outside XLA: its augmentation kernel (ImageProjectiveTransformV3) has no XLA
+    implementation.
     """
 
-    def __init__(self, model, optimizer, make_batch, average=None):
+    def __init__(self, model, optimizer, make_batch, average=None, jit_compile=False):
         self.model = model
         self.optimizer = optimizer
         self.make_batch = make_batch
         self.average = average  # a WeightAverage updated after every step, or None
+        self.scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         # Sum over the batch; the caller divides by the number of examples so that a
         # short last batch weighs what it should.
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
@@ -181,7 +197,10 @@ class Steps:
         self.train_step = tf.function(self._train_step, input_signature=[
             tf.TensorSpec([None], tf.int64), tf.TensorSpec([2], tf.int64),
             tf.TensorSpec([], tf.bool)])
-        self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
+        self.update = (tf.function(self._update, jit_compile=True) if jit_compile
+                       else self._update)
+        self.eval_step = tf.function(self._eval_step, reduce_retracing=True,
+                                     jit_compile=True if jit_compile else None)
 
     def evaluation_weights(self):
         """A context in which the model holds the weights to evaluate: the averaged ones
@@ -190,11 +209,17 @@ class Steps:
 
     def _train_step(self, indices, seed, augment):
         images, labels = self.make_batch(indices, seed, augment)
+        return self.update(images, labels)
+
+    def _update(self, images, labels):
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss_sum = self.loss_fn(labels, logits)
             mean_loss = loss_sum / tf.cast(tf.shape(labels)[0], loss_sum.dtype)
+            if self.scales_loss:
+                mean_loss = self.optimizer.scale_loss(mean_loss)
         variables = self.model.trainable_variables
+        # A LossScaleOptimizer divides the gradients by its scale before applying them.
         gradients = tape.gradient(mean_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         if self.average is not None:

@@ -37,7 +37,32 @@ def library_versions():
         # The CPU kernels (basic_utils.set_tensorflow_environment): another setting changes
         # the last bits of the results, as another library version would.
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+        # So does the device: GPU kernels add up in other orders than CPU ones.
+        "device": describe_device(),
     }
+
+
+def describe_device():
+    """'CPU', or the GPU TensorFlow computes on, e.g. 'GPU: NVIDIA H200'."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return f"GPU: {details.get('device_name', gpus[0].name)}"
+
+
+def describe_compute(config, device):
+    """Where and how the steps compute, in words, for the start-up report."""
+    words = [device]
+    if config.precision == "mixed":
+        words.append("mixed precision (float16 arithmetic, float32 weights, loss scaling)")
+    else:
+        words.append("float32")
+    if config.xla:
+        words.append("XLA-compiled steps" + (
+            " (on a CPU it trained about 2x slower than without XLA when measured)"
+            if device == "CPU" else ""))
+    return ", ".join(words)
 
 
 def run(config, raw=None, out=print, arguments=None, script="code/main.py"):
@@ -61,6 +86,10 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     saved_epochs = run_directory.saved_config.get("epochs") if run_directory.saved_config else None
     # Settings from the command line are compared before anything slow happens; the data
     # fingerprint is compared once the data is loaded.
+    # --precision auto becomes float32 or mixed here, before any comparison or record.
+    config = dataclasses.replace(config, precision=learning_env_setting.resolve_precision(
+        config.precision, run_directory.saved_config,
+        bool(tf.config.list_physical_devices("GPU"))))
     settings = dataclasses.asdict(config)
     settings["model"] = model_module.model_record_name(config.model)
     learning_env_setting.check_compatible(run_directory, settings)
@@ -92,7 +121,8 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         f"{data.info['num_validation']:,} validation, {data.info['num_test']:,} test images."
     )
 
-    network = model_module.build_model(config.model, num_classes=len(data.class_names))
+    network = model_module.build_model(config.model, num_classes=len(data.class_names),
+                                       precision=config.precision)
     optimizer = train_validation_test.make_optimizer(config, data.steps_per_epoch)
     optimizer.build(network.trainable_variables)
     average = train_validation_test.make_weight_average(config, network)
@@ -103,6 +133,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         + (f"weight average {config.weight_average:g} " if config.weight_average
            else "no weight average ")
         + f"(preset {config.preset}).")
+    out(f"Compute: {describe_compute(config, record['versions']['device'])}.")
 
     state = _restore_newest(run_directory, network, optimizer, average, out)
     history = state["history"]
@@ -121,7 +152,8 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         json.dumps(record, indent=2, sort_keys=True) + "\n",
     )
 
-    steps = train_validation_test.Steps(network, optimizer, data.make_batch, average)
+    steps = train_validation_test.Steps(network, optimizer, data.make_batch, average,
+                                        jit_compile=config.xla)
     stop_signal = basic_utils.StopSignal()
     try:
         for epoch in range(start_epoch, config.epochs + 1):

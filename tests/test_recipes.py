@@ -66,11 +66,20 @@ def test_one_cycle_rises_then_falls_to_almost_zero():
 
 
 def test_optimizer_follows_the_config():
-    sgd = train_validation_test.make_optimizer(learning_env_setting.make_config("seed"), 10)
+    def optimizer(preset, precision="float32"):
+        config = learning_env_setting.make_config(preset, precision=precision)
+        return train_validation_test.make_optimizer(config, 10)
+
+    sgd = optimizer("seed")
     assert sgd.__class__.__name__ == "SGD" and float(sgd.learning_rate) == pytest.approx(0.01)
-    adam = train_validation_test.make_optimizer(learning_env_setting.make_config("standard"), 10)
+    adam = optimizer("standard")
     assert adam.__class__.__name__ == "Adam"
     assert isinstance(adam._learning_rate, train_validation_test.OneCycle)
+    # Mixed precision wraps the same optimizer in loss scaling; the schedule is unchanged.
+    scaled = optimizer("standard", "mixed")
+    assert scaled.__class__.__name__ == "LossScaleOptimizer"
+    assert scaled.inner_optimizer.__class__.__name__ == "Adam"
+    assert isinstance(scaled.inner_optimizer._learning_rate, train_validation_test.OneCycle)
 
 
 @pytest.mark.parametrize("epoch", [2, 3])  # augmented, clean

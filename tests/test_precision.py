@@ -1,0 +1,165 @@
+"""Mixed precision, XLA and the GPU data path: the same training, computed another way.
+
+No GPU is needed: TensorFlow's CPU kernels run float16 and XLA too (slowly), so these
+tests check what the options compute and how runs record and resume them; their speed
+belongs to benchmarks/gpu_check.sh.
+"""
+
+import contextlib
+import itertools
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dataset_utils
+import learning_env_setting
+import main
+import model as model_module
+import train_validation_test
+from test_end_to_end import read_metrics, run_main, tree_digest
+
+# A recipe whose second epoch continues the first exactly even when the run is extended
+# from 1 to 2 epochs: constant learning rate, no augmentation (so no clean-epoch switch).
+STEADY = ["--epochs", 1, "--batch-size", 32, "--schedule", "constant", "--no-augment",
+          "--clean-epochs", 0]
+
+
+@contextlib.contextmanager
+def op_determinism_off():
+    """Turn TensorFlow's op determinism off for a block (XLA refuses to compile with it on;
+    earlier tests in this process turned it on, and the public API cannot turn it off)."""
+    from tensorflow.python.framework import config as tf_config
+
+    if not hasattr(tf_config, "disable_op_determinism"):
+        pytest.skip("this TensorFlow has no disable_op_determinism")
+    was_on = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    try:
+        yield
+    finally:
+        if was_on:
+            tf_config.enable_op_determinism()
+
+
+def test_precision_resolution():
+    resolve = learning_env_setting.resolve_precision
+    assert resolve("auto", None, gpu_available=False) == "float32"
+    assert resolve("auto", None, gpu_available=True) == "mixed"
+    # A resumed run keeps what it was trained in, whatever the machine now has...
+    assert resolve("auto", {"precision": "mixed"}, gpu_available=False) == "mixed"
+    assert resolve("auto", {"precision": "float32"}, gpu_available=True) == "float32"
+    # ... and a config.json from before the setting existed means float32.
+    assert resolve("auto", {"batch_size": 128}, gpu_available=True) == "float32"
+    assert learning_env_setting.config_differences({"batch_size": 1}, {"precision": "float32"}) == []
+    # An explicit choice always wins (and a resumed run then refuses a change).
+    assert resolve("float32", {"precision": "mixed"}, gpu_available=True) == "float32"
+    assert main.parse_config([]).precision == "auto"
+    with pytest.raises(ValueError, match="resolved"):
+        train_validation_test.make_optimizer(learning_env_setting.make_config(), 10)
+
+
+def test_xla_without_no_determinism_is_one_line_exit_2(tmp_path, capsys):
+    code, out, err = run_main(capsys, "--xla", "--run-dir", tmp_path / "run")
+    assert code == 2 and out == ""
+    assert "--no-determinism" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", list(model_module.MODELS))
+def test_mixed_network_computes_in_float16_and_matches_float32(name):
+    exact = model_module.build_model(name, precision="float32")
+    mixed = model_module.build_model(name, precision="mixed")
+    # Same weights (all float32 in both), so the same checkpoint fits either network.
+    assert [v.dtype for v in mixed.variables] == [v.dtype for v in exact.variables]
+    mixed.set_weights(exact.get_weights())
+    layers = getattr(mixed, "feature_layers", None) or mixed.body
+    assert {layer.compute_dtype for layer in layers} == {"float16"}
+    images = np.random.default_rng(0).random((8, 28, 28, 1)).astype("float32")
+    for training in (False, True):
+        logits = mixed(images, training=training)
+        assert logits.dtype == tf.float32  # the softmax and loss never see float16
+        # Dropout draws differ between the two networks' generators: compare without it.
+        if not training or name != "convnet":
+            np.testing.assert_allclose(logits, exact(images, training=training),
+                                       atol=0.05, rtol=0.02)
+
+
+def test_mixed_precision_trains_with_loss_scaling_and_resumes_exactly(tiny_mnist_dir, tmp_path,
+                                                                     capsys):
+    """A mixed run records its precision, keeps it when resumed without --precision (auto
+    would pick float32 on this CPU), refuses a change, and its loss scale travels in the
+    checkpoint: 1 + 1 epochs equal 2 uninterrupted ones bit for bit."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    mixed = ["--data-dir", tiny_mnist_dir, "--precision", "mixed", *STEADY]
+    code, out, err = run_main(capsys, *mixed, "--run-dir", whole, "--epochs", 2)
+    assert code == 0, out + err
+    assert "mixed precision (float16 arithmetic, float32 weights, loss scaling)" in out
+    config = json.loads((whole / "config.json").read_text())
+    assert config["precision"] == "mixed" and config["xla"] is False
+    assert config["versions"]["device"] == "CPU"
+    with np.load(whole / "epoch_0002" / "checkpoint") as archive:
+        exact_keys = len([key for key in archive.files if key.startswith("optimizer/")])
+    optimizer = train_validation_test.make_optimizer(
+        learning_env_setting.make_config(precision="mixed", schedule="constant"), 10)
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    optimizer.build(model_module.build_model("convnet", precision="mixed").trainable_variables)
+    assert exact_keys == len(optimizer.variables)  # scale and its step counter included
+
+    code, out, err = run_main(capsys, *mixed, "--run-dir", split)
+    assert code == 0, out + err
+    resumed = [argument for argument in mixed if argument not in ("--precision", "mixed")]
+    code, out, err = run_main(capsys, *resumed, "--run-dir", split, "--epochs", 2)
+    assert code == 0, out + err
+    assert "Resuming after epoch 1" in out and "mixed precision" in out
+    columns = ("train_loss", "train_accuracy", "val_loss", "test_loss", "test_accuracy")
+    assert ([[row[c] for c in columns] for row in read_metrics(split)]
+            == [[row[c] for c in columns] for row in read_metrics(whole)])
+
+    before = tree_digest(split)
+    code, out, err = run_main(capsys, *resumed, "--run-dir", split, "--epochs", 3,
+                              "--precision", "float32")
+    assert code == 2 and "precision: 'mixed' -> 'float32'" in err
+    assert tree_digest(split) == before
+
+
+def test_xla_steps_compute_what_the_plain_steps_compute(tiny_mnist_dir):
+    config = learning_env_setting.make_config(data_dir=tiny_mnist_dir, batch_size=32,
+                                              precision="float32")
+    data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
+    batches = list(itertools.islice(data.train_batches(1), 4))  # augmented batches
+    with op_determinism_off():
+        results = []
+        for jit in (False, True):
+            tf.keras.utils.set_random_seed(0)
+            network = model_module.build_model("convnet-fast")
+            steps = train_validation_test.Steps(
+                network, train_validation_test.make_optimizer(config, data.steps_per_epoch),
+                data.make_batch, train_validation_test.make_weight_average(config, network),
+                jit_compile=jit)
+            train = train_validation_test.go_train(steps, batches)
+            with steps.evaluation_weights():
+                test = train_validation_test.go_test(steps, data.test_batches())
+            results.append((train, test, [v.numpy() for v in network.variables]))
+    (train, test, weights), (xla_train, xla_test, xla_weights) = results
+    assert xla_train == pytest.approx(train, rel=1e-4)
+    assert xla_test == pytest.approx(test, rel=1e-3)
+    for plain, compiled in zip(weights, xla_weights):
+        np.testing.assert_allclose(compiled, plain, rtol=1e-3, atol=1e-4)
+
+
+def test_training_set_kept_as_floats_on_a_gpu_gives_the_same_batches(tiny_mnist_dir,
+                                                                    monkeypatch):
+    config = learning_env_setting.make_config(data_dir=tiny_mnist_dir, batch_size=32)
+    monkeypatch.setattr(dataset_utils, "keep_on_gpu", lambda: False)
+    host = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
+    assert host._train_tensors()[0].dtype == tf.uint8
+    monkeypatch.setattr(dataset_utils, "keep_on_gpu", lambda: True)
+    device = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
+    assert device._train_tensors()[0].dtype == tf.float32
+    for batch in itertools.islice(host.train_batches(1), 2):
+        for made_on_host, made_on_device in zip(host.make_batch(*batch),
+                                                device.make_batch(*batch)):
+            np.testing.assert_array_equal(made_on_device, made_on_host)
