@@ -132,6 +132,10 @@ def main():
         raise SystemExit(f"accuracy.py: no MNIST folder at {options.data_dir}; pass --data-dir.")
     if len(set(options.seeds)) != len(options.seeds):
         raise SystemExit("accuracy.py: --seeds repeats a seed.")
+    own = {"--preset", "--seed", "--data-dir", "--run-dir", "--overwrite"}
+    if own & set(shlex.split(options.main_args)):
+        raise SystemExit(f"accuracy.py: --main-args must not set {', '.join(sorted(own))}; "
+                         "accuracy.py sets them itself.")
     runs_dir = options.runs_dir or tempfile.mkdtemp(prefix="accuracy-bench-")
     # SIGTERM (a timeout) ends the process through `finally`, so temporary runs go too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -58,8 +58,8 @@ def loop_vs_fit(data_dir, repeats, steps, precision, xla):
     ours = tvt.Steps(network, tvt.make_optimizer(config, data.steps_per_epoch), data.make_batch,
                      tvt.make_weight_average(config, network), jit_compile=config.xla)
 
-    def run_ours(epoch, count):
-        tvt.go_train(ours, itertools.islice(data.train_batches(epoch), count))
+    def run_ours(epoch, count, skip=0):
+        tvt.go_train(ours, itertools.islice(data.train_batches(epoch, skip), count))
 
     fitted = model_module.build_model(config.model, precision=config.precision)
     fitted.compile(
@@ -69,12 +69,14 @@ def loop_vs_fit(data_dir, repeats, steps, precision, xla):
         jit_compile=True if config.xla else "auto",
     )
 
-    def run_fit(epoch, count):
-        fitted.fit(data.train_dataset(epoch).take(count), epochs=1, verbose=0)
+    def run_fit(epoch, count, skip=0):
+        fitted.fit(data.train_dataset(epoch, skip).take(count), epochs=1, verbose=0)
 
     runners = {"ours": run_ours, "fit": run_fit}
     for runner in runners.values():  # warm-up: tracing and compilation
         runner(100, 20)
+        # The epoch's short last batch too: XLA compiles once per batch shape.
+        runner(100, 2, skip=data.steps_per_epoch - 2)
     seconds = {label: [] for label in runners}
     for repeat in range(repeats):
         for label, runner in runners.items():
@@ -121,7 +123,6 @@ def main():
     config, steps, images, seconds, jit = loop_vs_fit(options.data_dir, options.repeats,
                                                       options.steps, options.precision,
                                                       options.xla)
-    phases = overhead(options.data_dir, options.overhead_epochs, config.precision, config.xla)
 
     print(f"Machine: {machine()}.")
     print(f"Model {config.model}, batch {config.batch_size}, {config.optimizer} "
@@ -146,7 +147,9 @@ def main():
     print("Every timing, in order: "
           + "; ".join(f"{label} " + ", ".join(f"{value:.1f}" for value in values)
                       for label, values in seconds.items()) + " s.")
-    print()
+    print(flush=True)  # part 1 stands on its own if part 2 is cut short
+
+    phases = overhead(options.data_dir, options.overhead_epochs, config.precision, config.xla)
     print(f"Per-epoch phases of `code/main.py` (standard preset, precision {config.precision}"
           f"{', XLA' if config.xla else ''}, full data), "
           f"epochs {', '.join(map(str, phases))} (medians):")

@@ -363,18 +363,27 @@ def config_differences(saved, current):
     return differences
 
 
+# Entries of "versions" that older config.json files lack and whose old value is unknown
+# (the device: earlier runs recorded none), so their absence is not reported as a change.
+RECORDED_LATER = ("device",)
+
+
 def version_differences(saved, current):
     """The library versions and kernels setting that differ between two config records,
     as 'name old -> new' strings. They do not stop a resume (the run continues correctly)
     but end bit-identity with a run that never stopped."""
     old, new = saved.get("versions") or {}, current.get("versions") or {}
     return [f"{name} {old.get(name, 'unrecorded')} -> {new[name]}"
-            for name in new if old.get(name, "unrecorded") != new[name]]
+            for name in new
+            if old.get(name, "unrecorded") != new[name]
+            and not (name in RECORDED_LATER and name not in old)]
 
 
 def _version(model_name):
-    """The architecture version of a recorded model name: 'convnet-v4' -> 'v4'."""
-    return model_name.rsplit("-", 1)[-1]
+    """The architecture version of a recorded model name: 'convnet-v4' -> 'v4',
+    'convnet-v7-mixed' -> 'v7'."""
+    match = re.search(r"-(v\d+)(?:-mixed)?$", model_name)
+    return match.group(1) if match else model_name.rsplit("-", 1)[-1]
 
 
 def check_compatible(run_directory, record):

@@ -193,9 +193,14 @@ MODELS = {
 DTYPE_POLICIES = {"float32": "float32", "mixed": "mixed_float16"}
 
 
-def model_record_name(name):
-    """The model's name as config.json records it, e.g. 'convnet-v4'."""
-    return f"{name}-v{MODEL_VERSION}"
+def model_record_name(name, precision="float32"):
+    """The model's name as config.json records it, e.g. 'convnet-v7' or 'convnet-v7-mixed'.
+
+    The suffix of mixed-precision runs makes versions of this program from before
+    --precision (which read the part after the last '-' as the version) refuse such a run
+    directory instead of failing to read its checkpoints, whose optimizer state differs.
+    """
+    return f"{name}-v{MODEL_VERSION}" + ("-mixed" if precision == "mixed" else "")
 
 
 def build_model(name="convnet", num_classes=10, precision="float32"):

@@ -187,6 +187,10 @@ class Steps:
         self.make_batch = make_batch
         self.average = average  # a WeightAverage updated after every step, or None
         self.scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if not optimizer.built:
+            # Before it is built, a LossScaleOptimizer's scale_loss multiplies by a Python
+            # constant, which the trace would keep forever; built, it reads its variable.
+            optimizer.build(model.trainable_variables)
         # Sum over the batch; the caller divides by the number of examples so that a
         # short last batch weighs what it should.
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(

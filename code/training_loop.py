@@ -55,7 +55,8 @@ def describe_compute(config, device):
     """Where and how the steps compute, in words, for the start-up report."""
     words = [device]
     if config.precision == "mixed":
-        words.append("mixed precision (float16 arithmetic, float32 weights, loss scaling)")
+        words.append("mixed precision (float16 arithmetic, float32 weights, loss scaling)" + (
+            "; on a CPU it trains about 3x slower than float32" if device == "CPU" else ""))
     else:
         words.append("float32")
     if config.xla:
@@ -91,7 +92,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         config.precision, run_directory.saved_config,
         bool(tf.config.list_physical_devices("GPU"))))
     settings = dataclasses.asdict(config)
-    settings["model"] = model_module.model_record_name(config.model)
+    settings["model"] = model_module.model_record_name(config.model, config.precision)
     learning_env_setting.check_compatible(run_directory, settings)
     if run_directory.latest_epoch >= config.epochs:
         out(
@@ -105,7 +106,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
 
     basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out)
-    model_name = model_module.model_record_name(config.model)
+    model_name = model_module.model_record_name(config.model, config.precision)
     record = learning_env_setting.config_record(config, data.info, model_name, library_versions())
     learning_env_setting.check_compatible(run_directory, record)
     # A saved config.json means an earlier invocation trained here (--overwrite removes it),
@@ -217,9 +218,12 @@ def _restore_newest(run_directory, network, optimizer, average, out):
             state["source"] = f"checkpoint {path}"
         return state
     if latest:
-        out(f"WARNING: no readable checkpoint among {len(candidates)} candidates; "
-            "starting from epoch 1 (nothing is deleted; completed epoch folders are replaced "
-            "as the run passes them again).")
+        # Starting over would replace the completed epoch folders one by one: refuse.
+        raise basic_utils.UserError(
+            f"{run_directory.path} holds {latest} completed epochs but none of its "
+            f"{len(candidates)} checkpoints can be read (see the warnings above); its files "
+            "are left as they are. Restore a checkpoint, pass another --run-dir, or start "
+            "over with --overwrite.")
     return fresh
 
 

@@ -162,6 +162,20 @@ def test_overwrite_starts_over_but_keeps_foreign_files(two_epoch_run, tiny_dir, 
     assert len(read_metrics(run_dir)) == 1
 
 
+def test_no_readable_checkpoint_stops_instead_of_starting_over(two_epoch_run, tiny_dir,
+                                                               capsys):
+    run_dir, _ = two_epoch_run
+    for epoch in (1, 2):
+        (run_dir / f"epoch_000{epoch}" / "checkpoint").write_bytes(b"not a checkpoint")
+    before = tree_digest(run_dir)
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                              "--epochs", 3, "--batch-size", 16)
+    assert code == 2
+    assert out.count("WARNING: skipping checkpoint") == 2
+    assert "none of its 2 checkpoints can be read" in err and len(err.strip().splitlines()) == 1
+    assert tree_digest(run_dir) == before
+
+
 def test_half_written_epoch_folder_is_never_resumed_from(two_epoch_run, tiny_dir, capsys):
     run_dir, _ = two_epoch_run
     # What a crash while saving epoch 3 leaves: a partial folder, LATEST still at epoch 2.

@@ -14,17 +14,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cp_utils
 import dataset_utils
 import learning_env_setting
 import main
 import model as model_module
 import train_validation_test
+import training_loop
 from test_end_to_end import read_metrics, run_main, tree_digest
 
 # A recipe whose second epoch continues the first exactly even when the run is extended
 # from 1 to 2 epochs: constant learning rate, no augmentation (so no clean-epoch switch).
-STEADY = ["--epochs", 1, "--batch-size", 32, "--schedule", "constant", "--no-augment",
-          "--clean-epochs", 0]
+STEADY = ["--model", "convnet-fast", "--epochs", 1, "--batch-size", 32, "--schedule", "constant",
+          "--no-augment", "--clean-epochs", 0]
 
 
 @contextlib.contextmanager
@@ -89,24 +91,19 @@ def test_mixed_network_computes_in_float16_and_matches_float32(name):
 
 def test_mixed_precision_trains_with_loss_scaling_and_resumes_exactly(tiny_mnist_dir, tmp_path,
                                                                      capsys):
-    """A mixed run records its precision, keeps it when resumed without --precision (auto
-    would pick float32 on this CPU), refuses a change, and its loss scale travels in the
-    checkpoint: 1 + 1 epochs equal 2 uninterrupted ones bit for bit."""
+    """A mixed run learns, records its precision, keeps it when resumed without
+    --precision (auto would pick float32 on a CPU), refuses a change, and resumes exactly:
+    1 + 1 epochs give the metrics and arrays of 2 uninterrupted ones."""
     whole, split = tmp_path / "whole", tmp_path / "split"
     mixed = ["--data-dir", tiny_mnist_dir, "--precision", "mixed", *STEADY]
     code, out, err = run_main(capsys, *mixed, "--run-dir", whole, "--epochs", 2)
     assert code == 0, out + err
     assert "mixed precision (float16 arithmetic, float32 weights, loss scaling)" in out
+    assert read_metrics(whole)[-1]["train_accuracy"] > 0.5  # ten classes: chance is 0.1
     config = json.loads((whole / "config.json").read_text())
     assert config["precision"] == "mixed" and config["xla"] is False
-    assert config["versions"]["device"] == "CPU"
-    with np.load(whole / "epoch_0002" / "checkpoint") as archive:
-        exact_keys = len([key for key in archive.files if key.startswith("optimizer/")])
-    optimizer = train_validation_test.make_optimizer(
-        learning_env_setting.make_config(precision="mixed", schedule="constant"), 10)
-    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    optimizer.build(model_module.build_model("convnet", precision="mixed").trainable_variables)
-    assert exact_keys == len(optimizer.variables)  # scale and its step counter included
+    assert config["model"] == "convnet-fast-v7-mixed"
+    assert config["versions"]["device"] == training_loop.describe_device()
 
     code, out, err = run_main(capsys, *mixed, "--run-dir", split)
     assert code == 0, out + err
@@ -117,6 +114,12 @@ def test_mixed_precision_trains_with_loss_scaling_and_resumes_exactly(tiny_mnist
     columns = ("train_loss", "train_accuracy", "val_loss", "test_loss", "test_accuracy")
     assert ([[row[c] for c in columns] for row in read_metrics(split)]
             == [[row[c] for c in columns] for row in read_metrics(whole)])
+    with np.load(whole / "epoch_0002" / "checkpoint") as a, \
+            np.load(split / "epoch_0002" / "checkpoint") as b:
+        arrays = [key for key in a.files if "/" in key]
+        assert arrays == [key for key in b.files if "/" in key]
+        for key in arrays:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
     before = tree_digest(split)
     code, out, err = run_main(capsys, *resumed, "--run-dir", split, "--epochs", 3,
@@ -125,16 +128,69 @@ def test_mixed_precision_trains_with_loss_scaling_and_resumes_exactly(tiny_mnist
     assert tree_digest(split) == before
 
 
-def test_xla_steps_compute_what_the_plain_steps_compute(tiny_mnist_dir):
+def mixed_steps(scale):
+    """Steps of the fast network in mixed precision whose loss scale starts at `scale`
+    (its optimizer unbuilt, as a caller may hand it over)."""
+    keras.utils.set_random_seed(0)
+    network = model_module.build_model("convnet-fast", precision="mixed")
+    config = learning_env_setting.make_config(precision="mixed", schedule="constant")
+    optimizer = train_validation_test.make_optimizer(config, 10)
+    assert not optimizer.built
+    steps = train_validation_test.Steps(network, optimizer, make_batch=None)
+    optimizer.dynamic_scale.assign(scale)
+    return steps
+
+
+def test_loss_scale_is_the_optimizers_variable_and_travels_in_checkpoints():
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.random((16, 28, 28, 1)), tf.float32)
+    labels = tf.constant(rng.integers(0, 10, 16), tf.int64)
+    # Whatever the scale, the update is the same (it cancels out), which holds only if the
+    # compiled step multiplies by the scale the optimizer divides by.
+    updated = []
+    for scale in (4.0, 2.0 ** 15):
+        steps = mixed_steps(scale)
+        tf.function(steps.update)(images, labels)
+        updated.append([v.numpy() for v in steps.model.trainable_variables])
+        assert int(steps.optimizer.step_counter.numpy()) == 1  # finite: a counted step
+    for small, large in zip(*updated):
+        np.testing.assert_allclose(small, large, rtol=1e-3, atol=1e-5)
+    # The scale and its counter are saved and restored with the optimizer's state.
+    steps = mixed_steps(123.0)
+    saved = cp_utils.checkpoint_bytes(steps.model, steps.optimizer, 1, [], {})
+    fresh = mixed_steps(2.0 ** 15)
+    path = tf.io.gfile.join(tf.compat.v1.test.get_temp_dir(), "mixed.checkpoint")
+    with open(path, "wb") as handle:
+        handle.write(saved)
+    cp_utils.restore_checkpoint(path, fresh.model, fresh.optimizer)
+    assert float(fresh.optimizer.dynamic_scale.numpy()) == 123.0
+
+
+@pytest.fixture
+def exact_float32_matmuls():
+    """TensorFloat-32 off (GPUs since Ampere use it for float32 by default, which would put
+    XLA's and cuDNN's results further apart than rounding)."""
+    was_on = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
+    tf.config.experimental.enable_tensor_float_32_execution(was_on)
+
+
+def test_xla_steps_compute_what_the_plain_steps_compute(tiny_mnist_dir, exact_float32_matmuls):
+    """Four augmented steps and a test pass, compiled by XLA or not, in mixed precision
+    (float16 batch norm, dropout and the loss-scale update all compiled): the same numbers
+    to within float16 rounding. A small network keeps XLA's compile time short."""
     config = learning_env_setting.make_config(data_dir=tiny_mnist_dir, batch_size=32,
-                                              precision="float32")
+                                              precision="mixed")
     data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
-    batches = list(itertools.islice(data.train_batches(1), 4))  # augmented batches
+    batches = list(itertools.islice(data.train_batches(1), 4))
     with op_determinism_off():
         results = []
         for jit in (False, True):
-            tf.keras.utils.set_random_seed(0)
-            network = model_module.build_model("convnet-fast")
+            keras.utils.set_random_seed(0)
+            network = model_module.MnistClassifier(8, ((8,), (8,)), 0.3, 10,
+                                                   dtype="mixed_float16")
+            network(np.zeros((1, 28, 28, 1), "float32"))
             steps = train_validation_test.Steps(
                 network, train_validation_test.make_optimizer(config, data.steps_per_epoch),
                 data.make_batch, train_validation_test.make_weight_average(config, network),
@@ -142,12 +198,12 @@ def test_xla_steps_compute_what_the_plain_steps_compute(tiny_mnist_dir):
             train = train_validation_test.go_train(steps, batches)
             with steps.evaluation_weights():
                 test = train_validation_test.go_test(steps, data.test_batches())
-            results.append((train, test, [v.numpy() for v in network.variables]))
+            results.append((train, test, [v.numpy() for v in network.trainable_variables]))
     (train, test, weights), (xla_train, xla_test, xla_weights) = results
-    assert xla_train == pytest.approx(train, rel=1e-4)
+    assert xla_train == pytest.approx(train, rel=1e-3)
     assert xla_test == pytest.approx(test, rel=1e-3)
     for plain, compiled in zip(weights, xla_weights):
-        np.testing.assert_allclose(compiled, plain, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(compiled, plain, rtol=1e-2, atol=1e-3)
 
 
 def test_training_set_kept_as_floats_on_a_gpu_gives_the_same_batches(tiny_mnist_dir,
