@@ -84,7 +84,7 @@ def loop_vs_fit(data_dir, repeats, steps, precision, xla):
             runner(repeat + 1, steps)
             seconds[label].append(time.perf_counter() - started)
             print(f"  repeat {repeat + 1}: {label} {seconds[label][-1]:.1f} s", file=sys.stderr)
-    return config, steps, images, seconds, fitted.jit_compile
+    return config, steps, images, seconds, fitted.jit_compile, data.steps_per_epoch
 
 
 def overhead(data_dir, epochs, precision, xla):
@@ -120,7 +120,7 @@ def main():
     if options.overhead_epochs < 2:
         raise SystemExit("speed.py: --overhead-epochs must be at least 2 (epoch 1 is left out).")
 
-    config, steps, images, seconds, jit = loop_vs_fit(options.data_dir, options.repeats,
+    config, steps, images, seconds, jit, data_steps = loop_vs_fit(options.data_dir, options.repeats,
                                                       options.steps, options.precision,
                                                       options.xla)
 
@@ -131,7 +131,8 @@ def main():
           f"{steps} steps ({images:,} images) per timing, medians of {options.repeats}, "
           f"alternating in one process.")
     print()
-    print("| training loop | seconds per epoch | images / s | ours vs this |")
+    per = "epoch" if steps == data_steps else f"{steps} steps"
+    print(f"| training loop | seconds per {per} | images / s | ours vs this |")
     print("| --- | ---: | ---: | ---: |")
     median = {label: statistics.median(values) for label, values in seconds.items()}
     average = " and the weight average updated" if config.weight_average else ""
