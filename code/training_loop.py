@@ -56,12 +56,12 @@ def describe_compute(config, device):
     words = [device]
     if config.precision == "mixed":
         words.append("mixed precision (float16 arithmetic, float32 weights, loss scaling)" + (
-            "; on a CPU it trains about 3x slower than float32" if device == "CPU" else ""))
+            "; on a CPU it trains about 4x slower than float32" if device == "CPU" else ""))
     else:
         words.append("float32")
     if config.xla:
         words.append("XLA-compiled steps" + (
-            " (on a CPU it trained about 2x slower than without XLA when measured)"
+            " (on a CPU it trains more than 2x slower than without XLA)"
             if device == "CPU" else ""))
     return ", ".join(words)
 
@@ -85,12 +85,12 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     run_dir = run_directory.path
     out(f"Run directory: {run_dir}")
     saved_epochs = run_directory.saved_config.get("epochs") if run_directory.saved_config else None
-    # Settings from the command line are compared before anything slow happens; the data
-    # fingerprint is compared once the data is loaded.
     # --precision auto becomes float32 or mixed here, before any comparison or record.
     config = dataclasses.replace(config, precision=learning_env_setting.resolve_precision(
         config.precision, run_directory.saved_config,
         bool(tf.config.list_physical_devices("GPU"))))
+    # Settings from the command line are compared before anything slow happens; the data
+    # fingerprint is compared once the data is loaded.
     settings = dataclasses.asdict(config)
     settings["model"] = model_module.model_record_name(config.model, config.precision)
     learning_env_setting.check_compatible(run_directory, settings)
