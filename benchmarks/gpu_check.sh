@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # GPU check: the speed and accuracy tables on a machine with a GPU (its steps are capped
-# at 90 + 90 + 120 + 150 s, so at most about 8 minutes; their real length is unmeasured).
+# at 60 + 90 + 90 + 120 + 150 s, so at most about 9 minutes; their real length is unmeasured).
 #
 #   bash benchmarks/gpu_check.sh [MNIST_IDX_DIR]      (default: ../shared/data/mnist)
 #
 # Needs the project's requirements installed with a CUDA-enabled TensorFlow
 # (pip install "tensorflow[and-cuda]" on Linux). Prints the card, then:
+#   0. where the training set is held (it should be the GPU);
 #   1. speed.py with the GPU defaults (--precision auto = mixed), then float32, then mixed
 #      with XLA (op determinism off), each against model.fit() on the same settings;
 #   2. accuracy.py, fast and standard presets, seed 0, GPU defaults.
@@ -35,6 +36,17 @@ if not gpus:
     raise SystemExit("gpu_check.sh: TensorFlow sees no GPU (is a CUDA-enabled TensorFlow installed?)")
 for gpu in gpus:
     print("TensorFlow", tf.__version__, "uses", tf.config.experimental.get_device_details(gpu))
+PY
+# Where the training set lives (README: copied into GPU memory once, as floats).
+step 60 python - "$data" <<'PY'
+import sys
+sys.path.insert(0, "code")
+import basic_utils
+basic_utils.set_tensorflow_environment()
+import dataset_utils, learning_env_setting
+config = learning_env_setting.make_config(data_dir=sys.argv[1])
+images, labels = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)._train_tensors()
+print(f"training images on {images.device} as {images.dtype.name}; labels on {labels.device}")
 PY
 speed=(python benchmarks/speed.py --data-dir "$data" --repeats 2 --overhead-epochs 2)
 step 90 "${speed[@]}"
