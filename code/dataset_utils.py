@@ -401,37 +401,33 @@ class MnistData:
     def steps_per_epoch(self):
         return math.ceil(len(self.train_labels) / self.batch_size)
 
-    def _train_tensors(self):
+    def _host_tensors(self):
+        """The training arrays as uint8 tensors in host memory, made once per run: what
+        the steps gather from on a CPU, and a tf.data pipeline (which runs on the CPU)
+        everywhere. uint8 is 4 times smaller than floats."""
         import tensorflow as tf
 
-        # The training arrays become tensors once per run; each step gathers its batch
-        # from them. On a CPU they stay uint8 (4 times smaller than floats). With a GPU
-        # they are copied into its memory once, already as floats in [0, 1] (169 MB for
-        # the standard 54,000 images), so that no step moves images from the host.
-        if "train" not in self._tensor_cache:
+        if "host" not in self._tensor_cache:
             # init_scope: made eagerly even when first asked for while a compiled step is
             # being traced, so the arrays are captured by reference, not baked into a graph.
-            with tf.init_scope():
-                images, labels = tf.constant(self.train_images), tf.constant(self.train_labels)
-                if keep_on_gpu():
-                    # Eager ops run on the GPU; tf.constant alone would stay in host memory.
-                    images, labels = _to_float(images), tf.identity(labels)
-                self._tensor_cache["train"] = (images, labels)
-        return self._tensor_cache["train"]
-
-    def _host_tensors(self):
-        """The training arrays as tensors in host memory (uint8): what a tf.data pipeline,
-        which runs on the CPU, gathers from. The same tensors as `_train_tensors` when
-        there is no GPU."""
-        import tensorflow as tf
-
-        if not keep_on_gpu():
-            return self._train_tensors()
-        if "host" not in self._tensor_cache:
             with tf.init_scope(), tf.device("/CPU:0"):
                 self._tensor_cache["host"] = (tf.constant(self.train_images),
                                               tf.constant(self.train_labels))
         return self._tensor_cache["host"]
+
+    def _train_tensors(self):
+        """The training arrays the steps gather their batches from: the host tensors on a
+        CPU; with a GPU, a copy in its memory, already as floats in [0, 1] (169 MB for the
+        standard 54,000 images), so that no step moves images from the host."""
+        import tensorflow as tf
+
+        if not keep_on_gpu():
+            return self._host_tensors()
+        if "device" not in self._tensor_cache:
+            images, labels = self._host_tensors()
+            with tf.init_scope():  # eager ops, so on the GPU
+                self._tensor_cache["device"] = (_to_float(images), tf.identity(labels))
+        return self._tensor_cache["device"]
 
     def augments(self, epoch):
         """Whether 1-based `epoch` trains on augmented images."""
