@@ -157,4 +157,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C or a timeout's SIGINT: one line, no traceback
+        sys.exit("accuracy.py: interrupted")

@@ -4,6 +4,7 @@ import csv
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -53,11 +54,23 @@ def run_main(arguments, marker=None):
     process = subprocess.Popen([sys.executable, MAIN, *map(str, arguments)], text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     lines, ready = [], None
-    for line in process.stdout:
-        lines.append(line)
-        if marker is not None and ready is None and line.startswith(marker):
-            ready = time.perf_counter() - started
-    process.wait()
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if marker is not None and ready is None and line.startswith(marker):
+                ready = time.perf_counter() - started
+        process.wait()
+    except KeyboardInterrupt:
+        # Let main.py stop at its next safe point (SIGTERM: no second-Ctrl-C abort) before
+        # the caller removes the run directory under it; `timeout` sends SIGINT twice (to
+        # its command, then to the process group), so further ones are ignored meanwhile.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
     if process.returncode != 0:
         raise SystemExit(f"main.py {' '.join(map(str, arguments))} failed:\n" + "".join(lines))
     return "".join(lines), time.perf_counter() - started, ready
