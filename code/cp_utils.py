@@ -266,22 +266,39 @@ def loss_acc_visualizer(history):
     figure = Figure(figsize=(8.0, 4.8))
     loss_axes = figure.add_subplot()
     accuracy_axes = loss_axes.twinx()
-    # Markers only while they stay readable; losses filled circles, accuracies hollow
-    # squares, so that points of the two axes that happen to coincide both stay visible.
+    # Markers only while they stay readable. Losses are circles (train filled, validation
+    # hollow), accuracies larger hollow squares (train) and diamonds (validation), so that
+    # points of the two axes that happen to coincide all stay visible.
     show_markers = len(epochs) <= 20
+    large = len(epochs) <= 8
     loss_lines = [
         loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], color="tab:blue",
-                       linestyle=style, marker="o" if show_markers else None, markersize=5,
-                       label=f"{name} loss")[0]
-        for split, name, style in (("train", "train", "-"), ("val", "validation", "--"))
+                       linestyle=style, marker="o" if show_markers else None,
+                       markersize=6 if large else 4.5,
+                       markerfacecolor=face, label=f"{name} loss")[0]
+        for split, name, style, face in (("train", "train", "-", "tab:blue"),
+                                         ("val", "validation", "--", "none"))
     ]
     accuracy_lines = [
         accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in history],
                            color="tab:red", linestyle=style,
-                           marker="s" if show_markers else None, markersize=8,
+                           marker=marker if show_markers else None,
+                           markersize=10 if large else 6.5,
                            markerfacecolor="none", label=f"{name} accuracy")[0]
-        for split, name, style in (("train", "train", "-"), ("val", "validation", "--"))
+        for split, name, style, marker in (("train", "train", "-", "s"),
+                                           ("val", "validation", "--", "D"))
     ]
+    if len(epochs) == 1:
+        # One point per curve: line styles cannot tell them apart, so each is labelled,
+        # losses to the left of the epoch and accuracies to the right.
+        for axes, lines, side, text in ((loss_axes, loss_lines, -1, "{:.4f}"),
+                                        (accuracy_axes, accuracy_lines, 1, "{:.2f}%")):
+            for line in lines:
+                value = line.get_ydata()[0]
+                axes.annotate(f"{line.get_label()} {text.format(value)}", (epochs[0], value),
+                              xytext=(side * 12, 0), textcoords="offset points", va="center",
+                              ha="right" if side < 0 else "left", fontsize=8,
+                              color=line.get_color())
     losses = [row[f"{split}_loss"] for row in history for split in ("train", "val")]
     accuracies = [100 * row[f"{split}_accuracy"] for row in history for split in ("train", "val")]
     loss_axes.set_ylim(*_padded_limits(losses, floor=0.0))

@@ -197,12 +197,34 @@ class RunDirectory:
     latest_epoch: int  # 0 when no epoch is complete yet
     saved_config: dict | None  # config.json as saved by an earlier invocation
     lock_fd: int
+    # --overwrite: the earlier results are removed by `clear_earlier_results`, once the
+    # data has loaded, so a mistake that stops the start-up leaves them untouched.
+    overwrite_pending: bool = False
+    created: tuple = ()  # folders this invocation created, deepest first
 
     def epoch_path(self, epoch):
         return os.path.join(self.path, epoch_dir_name(epoch))
 
+    def clear_earlier_results(self):
+        """Carry out a pending --overwrite; returns the names removed.
+
+        config.json stays until the new run's record replaces it (atomically), so a crash
+        in between leaves a folder that is still recognised as a run.
+        """
+        if not self.overwrite_pending:
+            return []
+        self.overwrite_pending = False
+        return _remove_run_outputs(self.path, keep=(CONFIG_FILE,))
+
     def close(self):
+        """Release the lock; remove the folders this invocation created if nothing was
+        written into them (a start-up that failed leaves no empty run directory)."""
         os.close(self.lock_fd)
+        for folder in self.created:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
 
 
 def continue_setting(run_dir):
@@ -212,29 +234,49 @@ def continue_setting(run_dir):
     under a temporary name, renamed, and only then is LATEST moved.
     """
     latest_path = os.path.join(run_dir, LATEST_FILE)
-    if not os.path.exists(latest_path):
-        return 0
-    with open(latest_path, encoding="utf-8") as handle:
-        name = handle.read().strip()
-    match = EPOCH_DIR_PATTERN.match(name)
-    if not match or not os.path.isdir(os.path.join(run_dir, name)):
+    latest = 0
+    if os.path.exists(latest_path):
+        with open(latest_path, encoding="utf-8") as handle:
+            name = handle.read().strip()
+        match = EPOCH_DIR_PATTERN.match(name)
+        if not match or not os.path.isdir(os.path.join(run_dir, name)):
+            raise UserError(
+                f"{latest_path} names {name!r}, which is not a complete epoch folder; "
+                "the run directory was edited by hand. Restore it or start over with "
+                "--overwrite."
+            )
+        latest = int(match.group(1))
+    # A crash can leave one folder past LATEST (renamed, LATEST not yet moved), which the
+    # next save replaces; more than that means LATEST was removed or rewound by hand, and
+    # resuming from it would overwrite finished epochs.
+    beyond = sorted(name for name in os.listdir(run_dir)
+                    if (match := EPOCH_DIR_PATTERN.match(name)) and int(match.group(1)) > latest + 1)
+    if beyond:
+        said = f"names {epoch_dir_name(latest)}" if latest else "is missing"
         raise UserError(
-            f"{latest_path} names {name!r}, which is not a complete epoch folder; "
-            "the run directory was edited by hand. Restore it or start over with --overwrite."
+            f"{latest_path} {said}, but {run_dir} also holds {', '.join(beyond)}; resuming "
+            f"would overwrite them. Point {LATEST_FILE} at the newest complete epoch folder "
+            "(its name, e.g. epoch_0003, as the file's only line), or start over with "
+            "--overwrite."
         )
-    return int(match.group(1))
+    return latest
 
 
 def _ensure_writable_directory(path):
     """Create `path` if needed and prove it is a writable directory."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"run directory {path} is a file; pass another --run-dir.")
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w", encoding="utf-8") as handle:
-            handle.write("ok")
-        os.remove(probe)
+        try:
+            with open(probe, "w", encoding="utf-8") as handle:
+                handle.write("ok")
+                handle.flush()
+                os.fsync(handle.fileno())  # a full disk shows here, not later
+        finally:
+            if os.path.exists(probe):
+                os.remove(probe)
     except OSError as error:
         reason = error.strerror or str(error)
         raise UserError(
@@ -258,14 +300,29 @@ def _lock(path):
     return fd
 
 
-def _remove_run_outputs(path):
-    """Delete what this program wrote into `path` (used by --overwrite only)."""
-    for name in os.listdir(path):
+def _remove_run_outputs(path, keep=()):
+    """Delete what this program wrote into `path` but the names in `keep` (used by
+    --overwrite only); returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
+        if name in keep:
+            continue
         if name in RUN_FILES:
             os.remove(full)
         elif EPOCH_DIR_PATTERN.match(name) or name.startswith(".epoch_"):
             shutil.rmtree(full)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def _own_entry(name):
+    """Whether `name` is something this program writes into a run directory."""
+    return (name in RUN_FILES or bool(EPOCH_DIR_PATTERN.match(name))
+            or name.startswith(".epoch_") or bool(STALE_TEMPORARY.match(name))
+            or name.startswith(".write-test-"))
 
 
 # Only this program's own temporary names: a user's files are never matched.
@@ -296,19 +353,43 @@ def remove_stale_partials(path):
 
 
 def dir_setting(config):
-    """Open (creating or, with --overwrite, emptying) the run directory of `config`.
+    """Open (creating if needed) the run directory of `config`.
 
-    Returns a locked `RunDirectory`. Raises `UserError` for a run directory that is a
-    file, cannot be written, is in use, or was made by this program's future self.
+    Returns a locked `RunDirectory`; with --overwrite it reads nothing of the earlier run
+    and leaves its removal to `RunDirectory.clear_earlier_results`. Raises `UserError` for
+    a run directory that is a file, cannot be written, is in use, holds other files but
+    no run, or whose LATEST file disagrees with its epoch folders.
     """
     path = config.resolved_run_dir()
+    created, folder = [], path
+    while not os.path.lexists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     _ensure_writable_directory(path)
     lock_fd = _lock(path)
     try:
-        if config.overwrite:
-            _remove_run_outputs(path)
-        saved_config = None
+        entries = os.listdir(path)
         config_path = os.path.join(path, CONFIG_FILE)
+        if not os.path.exists(config_path):
+            if any(not _own_entry(name) for name in entries):
+                listed = sorted(name for name in entries if not STALE_TEMPORARY.match(name)
+                                and not name.startswith(".write-test-"))
+                shown = ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
+                raise UserError(
+                    f"run directory {path} is not empty and holds no run of this program "
+                    f"({shown}); pass a new or empty --run-dir.")
+            leftovers = sorted(name for name in entries
+                               if _own_entry(name) and not STALE_TEMPORARY.match(name)
+                               and not name.startswith(".write-test-"))
+            if leftovers and not config.overwrite:
+                raise UserError(
+                    f"{path} holds files of a run ({', '.join(leftovers[:5])}) but no "
+                    f"{CONFIG_FILE}; pass another --run-dir or start over with --overwrite.")
+        if config.overwrite:
+            # Nothing of the earlier run is read (it may be damaged) or removed yet.
+            return RunDirectory(path, 0, None, lock_fd, overwrite_pending=True,
+                                created=tuple(created))
+        saved_config = None
         if os.path.exists(config_path):
             try:
                 with open(config_path, encoding="utf-8") as handle:
@@ -319,12 +400,7 @@ def dir_setting(config):
                     "or start over with --overwrite."
                 ) from None
         latest_epoch = continue_setting(path)
-        if latest_epoch and saved_config is None:
-            raise UserError(
-                f"{path} holds epochs but no {CONFIG_FILE}; pass another --run-dir "
-                "or start over with --overwrite."
-            )
-        return RunDirectory(path, latest_epoch, saved_config, lock_fd)
+        return RunDirectory(path, latest_epoch, saved_config, lock_fd, created=tuple(created))
     except BaseException:
         os.close(lock_fd)
         raise
@@ -358,9 +434,23 @@ def config_differences(saved, current):
         if name not in current:
             continue
         old, new = saved.get(name, SAVED_DEFAULTS.get(name)), current[name]
-        if old != new:
+        if old == new:
+            continue
+        if name == "data_fingerprint":  # a hash alone says nothing: say which data
+            differences.append(f"data: {_data_summary(saved)} -> {_data_summary(current)}")
+        else:
             differences.append(f"{name}: {old!r} -> {new!r}")
     return differences
+
+
+def _data_summary(record):
+    """Which data a config record was made with, e.g. "IDX files in /data/mnist, 60,000
+    training and 10,000 test images (fingerprint 1e35a0f2)"."""
+    words = record.get("data_description", "data")
+    counts = [record.get(key) for key in ("num_train", "num_validation", "num_test")]
+    if None not in counts:
+        words += f", {counts[0] + counts[1]:,} training and {counts[2]:,} test images"
+    return f"{words} (fingerprint {str(record.get('data_fingerprint'))[:8]})"
 
 
 # Entries of "versions" that older config.json files lack and whose old value is unknown

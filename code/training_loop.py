@@ -5,6 +5,7 @@ that prints or writes during training: steps return numbers, `basic_utils` forma
 `cp_utils` persists them.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -95,10 +96,12 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     settings["model"] = model_module.model_record_name(config.model, config.precision)
     learning_env_setting.check_compatible(run_directory, settings)
     if run_directory.latest_epoch >= config.epochs:
-        out(
-            f"Run is complete ({run_directory.latest_epoch} of {config.epochs} epochs done); "
-            f"results are in {run_dir}. Nothing to do; raise --epochs to train longer."
-        )
+        held = (f"{config.epochs} of {config.epochs} epochs done"
+                if run_directory.latest_epoch == config.epochs else
+                f"it holds {run_directory.latest_epoch} epochs, more than the {config.epochs} "
+                "asked for; epochs are never removed")
+        out(f"Run is complete ({held}); results are in {run_dir}. Nothing to do; raise "
+            "--epochs to train longer.")
         return 0
     removed = learning_env_setting.remove_stale_partials(run_dir)
     if removed:
@@ -135,6 +138,14 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
            else "no weight average ")
         + f"(preset {config.preset}).")
     out(f"Compute: {describe_compute(config, record['versions']['device'])}.")
+    # --overwrite takes effect only now that the data and settings have proved usable.
+    removed = run_directory.clear_earlier_results()
+    if removed:
+        epochs = sum(1 for name in removed
+                     if learning_env_setting.EPOCH_DIR_PATTERN.match(name))
+        out(f"--overwrite: removed the earlier run's {epochs} epoch folders and "
+            f"{len(removed) - epochs} other files from {run_dir} (its config.json is "
+            "replaced next).")
 
     state = _restore_newest(run_directory, network, optimizer, average, out)
     history = state["history"]
@@ -148,10 +159,11 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
                       if config.schedule == "one-cycle" else "")
             out(f"Changing the run from {saved_epochs} to {config.epochs} epochs{replan}.")
     # config.json reflects the latest invocation (epochs may have grown); written atomically.
-    cp_utils.atomic_write(
-        os.path.join(run_dir, learning_env_setting.CONFIG_FILE),
-        json.dumps(record, indent=2, sort_keys=True) + "\n",
-    )
+    with _disk_errors(run_dir):
+        cp_utils.atomic_write(
+            os.path.join(run_dir, learning_env_setting.CONFIG_FILE),
+            json.dumps(record, indent=2, sort_keys=True) + "\n",
+        )
 
     steps = train_validation_test.Steps(network, optimizer, data.make_batch, average,
                                         jit_compile=config.xla)
@@ -180,6 +192,20 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         f"(test {100 * best['test_accuracy']:.2f}%). Results in {run_dir}"
     )
     return 0
+
+
+@contextlib.contextmanager
+def _disk_errors(run_dir):
+    """Turn a failed write into the run directory (disk full, folder removed or made
+    read-only) into one line. Every write is atomic, so what was published before stays
+    valid and the same command resumes once the cause is fixed."""
+    try:
+        yield
+    except OSError as error:
+        raise basic_utils.UserError(
+            f"cannot write to {run_dir} ({error.strerror or error}); what was saved before "
+            "is intact: fix that (free space, say), then rerun the same command to resume."
+        ) from None
 
 
 def _restore_newest(run_directory, network, optimizer, average, out):
@@ -252,9 +278,10 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
     def after_step(step, sums):
         stopping = stop_signal.received is not None
         if (stopping or (every and step % every == 0)) and step < data.steps_per_epoch:
-            cp_utils.save_in_progress(run_dir, cp_utils.checkpoint_bytes(
-                network, optimizer, epoch, history, record, step=step, train_sums=sums,
-                average=steps.average))
+            with _disk_errors(run_dir):
+                cp_utils.save_in_progress(run_dir, cp_utils.checkpoint_bytes(
+                    network, optimizer, epoch, history, record, step=step, train_sums=sums,
+                    average=steps.average))
         if stopping:
             stop_signal.check(
                 f"; epoch {epoch} is checkpointed after step {step} of {data.steps_per_epoch}")
@@ -298,7 +325,8 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         ).encode("utf-8"),
     }
     lap("render")
-    folder = cp_utils.save_losses_model(run_dir, epoch, files, history)
+    with _disk_errors(run_dir):
+        folder = cp_utils.save_losses_model(run_dir, epoch, files, history)
     lap("save")
     out(f"  saved {folder} (plots and checkpoint rendered in {timing['render']:.1f} s, "
         f"written in {timing['save']:.2f} s)")

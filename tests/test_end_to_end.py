@@ -135,7 +135,11 @@ def test_rerunning_a_finished_run_changes_nothing(two_epoch_run, tiny_dir, capsy
     code, out, _ = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                             "--epochs", 2, "--batch-size", 16)
     assert code == 0
-    assert "Run is complete" in out
+    assert "Run is complete (2 of 2 epochs done)" in out
+    code, out, _ = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                            "--epochs", 1, "--batch-size", 16)
+    assert code == 0
+    assert "it holds 2 epochs, more than the 1 asked for" in out
     assert tree_digest(run_dir) == before
 
 
@@ -160,6 +164,101 @@ def test_overwrite_starts_over_but_keeps_foreign_files(two_epoch_run, tiny_dir, 
     assert sorted(os.listdir(run_dir)) == sorted(
         ["config.json", "metrics.csv", "test_result.txt", "LATEST", "epoch_0001", "my_notes.txt"])
     assert len(read_metrics(run_dir)) == 1
+
+
+def test_overwrite_removes_nothing_when_the_start_fails(two_epoch_run, tiny_dir, tmp_path,
+                                                       capsys):
+    run_dir, _ = two_epoch_run
+    (tmp_path / "no_data").mkdir()
+    before = tree_digest(run_dir)
+    code, out, err = run_main(capsys, "--data-dir", tmp_path / "no_data", "--run-dir", run_dir,
+                              "--epochs", 1, "--overwrite")
+    assert code == 2 and "is empty" in err and len(err.strip().splitlines()) == 1
+    assert tree_digest(run_dir) == before
+    # With usable data the same command does start over, and says what it removed.
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                              "--epochs", 1, "--batch-size", 64, "--overwrite")
+    assert code == 0, err
+    assert "removed the earlier run's 2 epoch folders and 3 other files" in out
+    assert len(read_metrics(run_dir)) == 1 and not (run_dir / "epoch_0002").exists()
+
+
+@pytest.mark.parametrize("edit", ["remove", "rewind"])
+def test_latest_removed_or_rewound_by_hand_is_refused(two_epoch_run, tiny_dir, capsys, edit):
+    run_dir, _ = two_epoch_run
+    shutil.copytree(run_dir / "epoch_0002", run_dir / "epoch_0003")  # a 3-epoch run
+    (run_dir / "LATEST").write_text("epoch_0003\n")
+    if edit == "remove":
+        os.remove(run_dir / "LATEST")
+    else:
+        (run_dir / "LATEST").write_text("epoch_0001\n")
+    before = tree_digest(run_dir)
+    code, _, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                            "--epochs", 4, "--batch-size", 16)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "resuming would overwrite them" in err and "epoch_0003" in err
+    assert tree_digest(run_dir) == before
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tiny_dir, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "metrics.csv").write_text("my own metrics")
+    before = tree_digest(folder)
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", folder,
+                                "--epochs", 1, *extra)
+        assert code == 2 and "holds no run of this program" in err, err
+        assert "metrics.csv, notes.txt" in err and len(err.strip().splitlines()) == 1
+        assert tree_digest(folder) == before
+
+
+def test_a_failed_start_leaves_no_empty_run_directory(tmp_path, capsys):
+    (tmp_path / "no_data").mkdir()
+    code, _, err = run_main(capsys, "--data-dir", tmp_path / "no_data",
+                            "--run-dir", tmp_path / "runs" / "new", "--epochs", 1)
+    assert code == 2 and "is empty" in err
+    assert sorted(os.listdir(tmp_path)) == ["no_data"]
+
+
+def test_a_full_disk_ends_in_one_line_and_the_run_resumes(two_epoch_run, tiny_dir, capsys,
+                                                          monkeypatch):
+    import cp_utils
+
+    run_dir, _ = two_epoch_run
+    before = {name: tree_digest(run_dir / name) for name in ("epoch_0001", "epoch_0002")}
+    real_write = cp_utils.write_bytes_durably
+
+    def full_disk(path, data):
+        if "epoch_0003" in str(path):
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(cp_utils, "write_bytes_durably", full_disk)
+    arguments = ["--data-dir", tiny_dir, "--run-dir", run_dir, "--epochs", 3,
+                 "--batch-size", 16]
+    code, _, err = run_main(capsys, *arguments)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "No space left on device" in err and "rerun the same command" in err
+    assert (run_dir / "LATEST").read_text().strip() == "epoch_0002"
+    for name, digest in before.items():
+        assert tree_digest(run_dir / name) == digest
+    monkeypatch.setattr(cp_utils, "write_bytes_durably", real_write)
+    code, out, err = run_main(capsys, *arguments)
+    assert code == 0, err
+    assert "Resuming after epoch 2" in out
+    assert (run_dir / "LATEST").read_text().strip() == "epoch_0003"
+    assert not any(name.endswith(".partial") for name in os.listdir(run_dir))
+
+
+def test_other_data_is_refused_naming_both_datasets(two_epoch_run, tmp_path, capsys):
+    run_dir, _ = two_epoch_run
+    other = helpers.write_mnist_folder(tmp_path / "other", train=300, test=100, seed=7)
+    code, _, err = run_main(capsys, "--data-dir", other, "--run-dir", run_dir,
+                            "--epochs", 3, "--batch-size", 16)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"IDX files in {other}" in err and "300 training and 100 test images" in err
 
 
 def test_no_readable_checkpoint_stops_instead_of_starting_over(two_epoch_run, tiny_dir,
