@@ -83,7 +83,7 @@ def _variable_groups(model, optimizer, average):
 
 
 def checkpoint_bytes(model, optimizer, epoch, history, config_record, step=0, train_sums=None,
-                     average=None):
+                     average=None, seconds=0.0):
     """Serialise everything resume needs into one .npz archive (as bytes).
 
     Model variables include the batch-norm moving statistics and the dropout layer's
@@ -94,7 +94,8 @@ def checkpoint_bytes(model, optimizer, epoch, history, config_record, step=0, tr
 
     An end-of-epoch checkpoint has `step=0`: `epoch` is complete. A mid-epoch checkpoint
     has `step` > 0: `epoch` is in progress, `step` of its batches are done and
-    `train_sums` holds the running (loss sum, correct, count) of those batches.
+    `train_sums` holds the running (loss sum, correct, count) of those batches and
+    `seconds` the training time they took, so that a resumed epoch reports its whole time.
     """
     arrays = {
         "format": np.array(CHECKPOINT_FORMAT),
@@ -104,6 +105,7 @@ def checkpoint_bytes(model, optimizer, epoch, history, config_record, step=0, tr
                                  dtype=np.float64),
         "history": np.array(json.dumps(history)),
         "config": np.array(json.dumps(config_record, sort_keys=True)),
+        "seconds": np.array(float(seconds)),
     }
     for prefix, variables in _variable_groups(model, optimizer, average):
         for index, variable in enumerate(variables):
@@ -121,7 +123,8 @@ def restore_checkpoint(path, model, optimizer, average=None):
     """Load weights and optimizer state from `path` into built `model` and `optimizer`
     (and the averaged weights into `average`, if given).
 
-    Returns a dict with `epoch`, `step`, `train_sums`, `history` and `config`. Raises
+    Returns a dict with `epoch`, `step`, `train_sums`, `seconds`, `history` and `config`.
+    Raises
     `CheckpointError` when the file is missing, truncated, corrupt (the archive's CRC-32
     checks catch flipped bytes) or does not match the model; nothing is assigned then.
     """
@@ -151,6 +154,8 @@ def restore_checkpoint(path, model, optimizer, average=None):
             "epoch": int(contents["epoch"]),
             "step": int(contents["step"]),
             "train_sums": np.asarray(contents["train_sums"], dtype=np.float64),
+            # Checkpoints from before the time was kept count as 0 seconds.
+            "seconds": float(contents["seconds"]) if "seconds" in contents else 0.0,
             "history": json.loads(str(contents["history"])),
             "config": json.loads(str(contents["config"])),
         }

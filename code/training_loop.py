@@ -216,9 +216,11 @@ def _restore_newest(run_directory, network, optimizer, average, out):
     LATEST), then the epoch folders from LATEST downwards. A candidate that is missing,
     truncated or corrupt is reported with a warning naming the file and skipped, so a
     damaged newest checkpoint costs the work since the previous one, never the run.
-    Returns {'epoch': epoch to train next, 'step', 'train_sums', 'history', 'source'}.
+    Returns {'epoch': epoch to train next, 'step', 'train_sums', 'seconds', 'history',
+    'source'}.
     """
-    fresh = {"epoch": 1, "step": 0, "train_sums": None, "history": [], "source": None}
+    fresh = {"epoch": 1, "step": 0, "train_sums": None, "seconds": 0.0, "history": [],
+             "source": None}
     latest = run_directory.latest_epoch
     candidates = []
     in_progress = os.path.join(run_directory.path, cp_utils.IN_PROGRESS_FILE)
@@ -273,6 +275,8 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         clock = now
 
     start_step = resume["step"] if resume else 0
+    # Training time of this epoch before an interruption (0 for checkpoints that predate it).
+    earlier = resume.get("seconds", 0.0) if resume else 0.0
     every = config.checkpoint_every_steps
 
     def after_step(step, sums):
@@ -281,7 +285,7 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
             with _disk_errors(run_dir):
                 cp_utils.save_in_progress(run_dir, cp_utils.checkpoint_bytes(
                     network, optimizer, epoch, history, record, step=step, train_sums=sums,
-                    average=steps.average))
+                    average=steps.average, seconds=earlier + time.perf_counter() - clock))
         if stopping:
             stop_signal.check(
                 f"; epoch {epoch} is checkpointed after step {step} of {data.steps_per_epoch}")
@@ -290,6 +294,7 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         steps, data.train_batches(epoch, skip=start_step), start_step=start_step,
         sums=resume["train_sums"] if resume else None, after_step=after_step)
     lap("train")
+    timing["train"] += earlier
     with steps.evaluation_weights():
         validation = train_validation_test.go_validation(
             steps, data.validation_batches(), len(data.class_names)

@@ -175,10 +175,16 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_at_the_next_step(data_dir, re
     assert process.returncode == 143, err
     assert "checkpointed after step" in out and "Resume with: python" in out
     assert (run_dir / "in_progress.checkpoint").exists()
+    with np.load(run_dir / "in_progress.checkpoint") as archive:
+        stopped_epoch, seconds_before = int(archive["epoch"]), float(archive["seconds"])
+    assert seconds_before > 0
     output = run_in_process(capsys, arguments(data_dir, run_dir, every=0))
     assert " at step " in output
     assert not (run_dir / "in_progress.checkpoint").exists()
     assert_same_run(reference, run_dir)
+    # The resumed epoch's time includes its training before the stop.
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    assert float(rows[stopped_epoch - 1].split(",")[-1]) > seconds_before
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
