@@ -60,16 +60,17 @@ def run_main(arguments, marker=None):
             if marker is not None and ready is None and line.startswith(marker):
                 ready = time.perf_counter() - started
         process.wait()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or SystemExit from a benchmark's SIGTERM handler
         # Let main.py stop at its next safe point (SIGTERM: no second-Ctrl-C abort) before
         # the caller removes the run directory under it; `timeout` sends SIGINT twice (to
         # its command, then to the process group), so further ones are ignored meanwhile.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         process.terminate()
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=10)  # it stops within a step and one checkpoint write
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
         raise
     if process.returncode != 0:
         raise SystemExit(f"main.py {' '.join(map(str, arguments))} failed:\n" + "".join(lines))

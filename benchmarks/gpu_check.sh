@@ -43,7 +43,7 @@ step() {  # step SECONDS COMMAND...: run with a time limit, say so when it fails
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python - <<'PY' || exit 1
+timeout 60 python - <<'PY' || exit 1
 import os
 try:
     import tensorflow as tf

@@ -217,14 +217,20 @@ class RunDirectory:
         return _remove_run_outputs(self.path, keep=(CONFIG_FILE,))
 
     def close(self):
-        """Release the lock; remove the folders this invocation created if nothing was
-        written into them (a start-up that failed leaves no empty run directory)."""
+        """Remove the folders this invocation created if nothing was written into them (a
+        start-up that failed leaves no empty run directory), then release the lock (in
+        this order, so no other process can have taken the folder meanwhile)."""
+        _remove_empty(self.created)
         os.close(self.lock_fd)
-        for folder in self.created:
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
+
+
+def _remove_empty(folders):
+    """Remove `folders` (deepest first) while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def continue_setting(run_dir):
@@ -246,19 +252,20 @@ def continue_setting(run_dir):
                 "--overwrite."
             )
         latest = int(match.group(1))
-    # A crash can leave one folder past LATEST (renamed, LATEST not yet moved), which the
-    # next save replaces; more than that means LATEST was removed or rewound by hand, and
-    # resuming from it would overwrite finished epochs.
-    beyond = sorted(name for name in os.listdir(run_dir)
-                    if (match := EPOCH_DIR_PATTERN.match(name)) and int(match.group(1)) > latest + 1)
-    if beyond:
-        said = f"names {epoch_dir_name(latest)}" if latest else "is missing"
-        raise UserError(
-            f"{latest_path} {said}, but {run_dir} also holds {', '.join(beyond)}; resuming "
-            f"would overwrite them. Point {LATEST_FILE} at the newest complete epoch folder "
-            "(its name, e.g. epoch_0003, as the file's only line), or start over with "
-            "--overwrite."
-        )
+    else:
+        # Without LATEST, a crash can leave only epoch_0001 (renamed, LATEST not yet
+        # written), which the next save replaces. Later folders mean LATEST was deleted,
+        # and starting over would overwrite finished epochs. (A LATEST behind later
+        # folders is left alone: falling back past unreadable checkpoints makes that.)
+        beyond = sorted(name for name in os.listdir(run_dir)
+                        if (match := EPOCH_DIR_PATTERN.match(name)) and int(match.group(1)) > 1)
+        if beyond:
+            raise UserError(
+                f"{latest_path} is missing, but {run_dir} holds {', '.join(beyond)}; "
+                f"starting over would overwrite them. Write the newest complete epoch "
+                f"folder's name (e.g. {beyond[-1]}) into {LATEST_FILE}, or start over with "
+                "--overwrite."
+            )
     return latest
 
 
@@ -306,23 +313,40 @@ def _remove_run_outputs(path, keep=()):
     removed = []
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
-        if name in keep:
+        if name in keep or not _own_entry(name):
             continue
-        if name in RUN_FILES:
-            os.remove(full)
-        elif EPOCH_DIR_PATTERN.match(name) or name.startswith(".epoch_"):
+        if os.path.isdir(full) and not os.path.islink(full):
             shutil.rmtree(full)
         else:
-            continue
+            os.remove(full)
         removed.append(name)
     return removed
 
 
 def _own_entry(name):
-    """Whether `name` is something this program writes into a run directory."""
+    """Whether `name` is one this program gives to what it writes into a run directory
+    (results and its own temporary names; nothing else, so a user's files never match)."""
     return (name in RUN_FILES or bool(EPOCH_DIR_PATTERN.match(name))
-            or name.startswith(".epoch_") or bool(STALE_TEMPORARY.match(name))
-            or name.startswith(".write-test-"))
+            or bool(STALE_TEMPORARY.match(name)) or bool(WRITE_PROBE.match(name)))
+
+
+WRITE_PROBE = re.compile(r"^\.write-test-\d+$")
+
+
+def _read_config(config_path):
+    """config.json as a dict; None when the file is not one this program wrote (a user's
+    own config.json has other keys). Raises `UserError` when it cannot be parsed."""
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"{config_path} is unreadable ({error}); fix it, pass another --run-dir, "
+            "or start over with --overwrite."
+        ) from None
+    if isinstance(saved, dict) and {"model", "seed", "batch_size", "epochs"} <= saved.keys():
+        return saved
+    return None
 
 
 # Only this program's own temporary names: a user's files are never matched.
@@ -365,43 +389,47 @@ def dir_setting(config):
     while not os.path.lexists(folder):
         created.append(folder)
         folder = os.path.dirname(folder)
-    _ensure_writable_directory(path)
+    try:
+        _ensure_writable_directory(path)
+    except UserError:
+        _remove_empty(created)
+        raise
     lock_fd = _lock(path)
     try:
         entries = os.listdir(path)
         config_path = os.path.join(path, CONFIG_FILE)
-        if not os.path.exists(config_path):
-            if any(not _own_entry(name) for name in entries):
-                listed = sorted(name for name in entries if not STALE_TEMPORARY.match(name)
-                                and not name.startswith(".write-test-"))
-                shown = ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
+        saved_config, damaged = None, False
+        if os.path.exists(config_path):
+            try:
+                saved_config = _read_config(config_path)
+            except UserError:
+                if not config.overwrite:
+                    raise
+                damaged = True  # a run whose config.json broke: --overwrite may clear it
+        if saved_config is None:
+            # Not (recognisably) a run: only an empty folder, or one holding nothing but
+            # this program's files, may be used; a user's files are never touched.
+            listed = sorted(name for name in entries if not STALE_TEMPORARY.match(name)
+                            and not WRITE_PROBE.match(name))
+            foreign = [name for name in listed if not _own_entry(name)
+                       or (name == CONFIG_FILE and not damaged)]
+            if foreign:
+                shown = ", ".join(listed[:6]) + (", ..." if len(listed) > 6 else "")
                 raise UserError(
                     f"run directory {path} is not empty and holds no run of this program "
                     f"({shown}); pass a new or empty --run-dir.")
-            leftovers = sorted(name for name in entries
-                               if _own_entry(name) and not STALE_TEMPORARY.match(name)
-                               and not name.startswith(".write-test-"))
-            if leftovers and not config.overwrite:
+            if listed and not config.overwrite:
                 raise UserError(
-                    f"{path} holds files of a run ({', '.join(leftovers[:5])}) but no "
+                    f"{path} holds files of a run ({', '.join(listed[:6])}) but no "
                     f"{CONFIG_FILE}; pass another --run-dir or start over with --overwrite.")
         if config.overwrite:
             # Nothing of the earlier run is read (it may be damaged) or removed yet.
             return RunDirectory(path, 0, None, lock_fd, overwrite_pending=True,
                                 created=tuple(created))
-        saved_config = None
-        if os.path.exists(config_path):
-            try:
-                with open(config_path, encoding="utf-8") as handle:
-                    saved_config = json.load(handle)
-            except (OSError, ValueError) as error:
-                raise UserError(
-                    f"{config_path} is unreadable ({error}); fix it, pass another --run-dir, "
-                    "or start over with --overwrite."
-                ) from None
         latest_epoch = continue_setting(path)
         return RunDirectory(path, latest_epoch, saved_config, lock_fd, created=tuple(created))
     except BaseException:
+        _remove_empty(created)
         os.close(lock_fd)
         raise
 

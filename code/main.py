@@ -157,7 +157,9 @@ def main(arguments=None):
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nInterrupted. Completed epochs are kept; rerun the same command to resume.",
+        # Without --overwrite: rerunning with it would start over instead of resuming.
+        command = basic_utils.resume_command(sys.argv[0] or "code/main.py", arguments)
+        print(f"\nInterrupted. Completed epochs are kept; resume with: {command}",
               file=sys.stderr)
         return 130
 

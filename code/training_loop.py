@@ -103,7 +103,9 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         out(f"Run is complete ({held}); results are in {run_dir}. Nothing to do; raise "
             "--epochs to train longer.")
         return 0
-    removed = learning_env_setting.remove_stale_partials(run_dir)
+    resume = basic_utils.resume_command(script, arguments)
+    with _disk_errors(run_dir, resume):
+        removed = learning_env_setting.remove_stale_partials(run_dir)
     if removed:
         out(f"Removed half-written files from an interrupted run: {', '.join(removed)}")
 
@@ -139,13 +141,14 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         + f"(preset {config.preset}).")
     out(f"Compute: {describe_compute(config, record['versions']['device'])}.")
     # --overwrite takes effect only now that the data and settings have proved usable.
-    removed = run_directory.clear_earlier_results()
+    with _disk_errors(run_dir, resume):
+        removed = run_directory.clear_earlier_results()
     if removed:
         epochs = sum(1 for name in removed
                      if learning_env_setting.EPOCH_DIR_PATTERN.match(name))
-        out(f"--overwrite: removed the earlier run's {epochs} epoch folders and "
-            f"{len(removed) - epochs} other files from {run_dir} (its config.json is "
-            "replaced next).")
+        out(f"--overwrite: removed the earlier run's {_count(epochs, 'epoch folder')} and "
+            f"{_count(len(removed) - epochs, 'other file')} from {run_dir} (its config.json "
+            "is replaced next).")
 
     state = _restore_newest(run_directory, network, optimizer, average, out)
     history = state["history"]
@@ -159,7 +162,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
                       if config.schedule == "one-cycle" else "")
             out(f"Changing the run from {saved_epochs} to {config.epochs} epochs{replan}.")
     # config.json reflects the latest invocation (epochs may have grown); written atomically.
-    with _disk_errors(run_dir):
+    with _disk_errors(run_dir, resume):
         cp_utils.atomic_write(
             os.path.join(run_dir, learning_env_setting.CONFIG_FILE),
             json.dumps(record, indent=2, sort_keys=True) + "\n",
@@ -170,9 +173,9 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
     stop_signal = basic_utils.StopSignal()
     try:
         for epoch in range(start_epoch, config.epochs + 1):
-            resume = state if epoch == start_epoch and start_step else None
+            resume_state = state if epoch == start_epoch and start_step else None
             history = _one_epoch(config, data, steps, network, optimizer, epoch, history,
-                                 record, run_dir, out, stop_signal, resume)
+                                 record, run_dir, out, stop_signal, resume_state, resume)
             if epoch < config.epochs:
                 stop_signal.check()
     except basic_utils.StopRequested as stop:
@@ -180,31 +183,37 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         out(
             f"\nStopped (signal {stop.signal_number}). Completed epochs are saved "
             f"({completed} of {config.epochs}){stop.detail}.\n"
-            f"Resume with: {basic_utils.resume_command(script, arguments)}"
+            f"Resume with: {resume}"
         )
         return 128 + stop.signal_number
     finally:
         stop_signal.restore()
     best = max(history, key=lambda row: row["val_accuracy"])
     out(
-        f"Done: {config.epochs} epochs. Final test accuracy {100 * history[-1]['test_accuracy']:.2f}%; "
+        f"Done: {_count(config.epochs, 'epoch')}. Final test accuracy {100 * history[-1]['test_accuracy']:.2f}%; "
         f"best validation accuracy {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']} "
         f"(test {100 * best['test_accuracy']:.2f}%). Results in {run_dir}"
     )
     return 0
 
 
+def _count(number, noun):
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 @contextlib.contextmanager
-def _disk_errors(run_dir):
-    """Turn a failed write into the run directory (disk full, folder removed or made
-    read-only) into one line. Every write is atomic, so what was published before stays
-    valid and the same command resumes once the cause is fixed."""
+def _disk_errors(run_dir, resume):
+    """Turn a failed write or removal in the run directory (disk full, folder removed or
+    made read-only) into one line. Every write is atomic, so what was published stays
+    valid, and `resume` (the command without --overwrite) continues once the cause is
+    fixed."""
     try:
         yield
     except OSError as error:
         raise basic_utils.UserError(
-            f"cannot write to {run_dir} ({error.strerror or error}); what was saved before "
-            "is intact: fix that (free space, say), then rerun the same command to resume."
+            f"cannot write to {run_dir} ({error.strerror or error}); the files already "
+            f"published there are intact. Fix that (free space, say), then resume with: "
+            f"{resume}"
         ) from None
 
 
@@ -256,10 +265,11 @@ def _restore_newest(run_directory, network, optimizer, average, out):
 
 
 def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, run_dir, out,
-               stop_signal, resume=None):
+               stop_signal, resume=None, resume_command=""):
     """Train, validate, test and publish one epoch; returns the extended history.
 
-    `resume` (a restored mid-epoch state) continues the epoch at its next batch. Every
+    `resume` (a restored mid-epoch state) continues the epoch at its next batch;
+    `resume_command` is what a failed write tells the user to run. Every
     `config.checkpoint_every_steps` steps, and when SIGINT/SIGTERM arrived, the state
     after the step is written to the run's mid-epoch checkpoint; after a signal the epoch
     then stops with `StopRequested`. A signal that arrives after training (during
@@ -282,7 +292,7 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
     def after_step(step, sums):
         stopping = stop_signal.received is not None
         if (stopping or (every and step % every == 0)) and step < data.steps_per_epoch:
-            with _disk_errors(run_dir):
+            with _disk_errors(run_dir, resume_command):
                 cp_utils.save_in_progress(run_dir, cp_utils.checkpoint_bytes(
                     network, optimizer, epoch, history, record, step=step, train_sums=sums,
                     average=steps.average, seconds=earlier + time.perf_counter() - clock))
@@ -330,7 +340,7 @@ def _one_epoch(config, data, steps, network, optimizer, epoch, history, record, 
         ).encode("utf-8"),
     }
     lap("render")
-    with _disk_errors(run_dir):
+    with _disk_errors(run_dir, resume_command):
         folder = cp_utils.save_losses_model(run_dir, epoch, files, history)
     lap("save")
     out(f"  saved {folder} (plots and checkpoint rendered in {timing['render']:.1f} s, "

@@ -157,13 +157,16 @@ def test_changed_settings_are_refused_and_listed(two_epoch_run, tiny_dir, capsys
 def test_overwrite_starts_over_but_keeps_foreign_files(two_epoch_run, tiny_dir, capsys):
     run_dir, _ = two_epoch_run
     (run_dir / "my_notes.txt").write_text("keep me")
+    (run_dir / ".epoch_backup").mkdir()  # names close to the program's own stay too
+    (run_dir / ".epoch_notes").write_text("keep me too")
     code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                               "--epochs", 1, "--batch-size", 64, "--overwrite")
     assert code == 0, err
     assert "Resuming" not in out
     assert "removed the earlier run's 2 epoch folders and 3 other files" in out
     assert sorted(os.listdir(run_dir)) == sorted(
-        ["config.json", "metrics.csv", "test_result.txt", "LATEST", "epoch_0001", "my_notes.txt"])
+        ["config.json", "metrics.csv", "test_result.txt", "LATEST", "epoch_0001", "my_notes.txt",
+         ".epoch_backup", ".epoch_notes"])
     assert len(read_metrics(run_dir)) == 1
 
 
@@ -177,21 +180,27 @@ def test_overwrite_removes_nothing_when_the_start_fails(two_epoch_run, tmp_path,
     assert tree_digest(run_dir) == before
 
 
-@pytest.mark.parametrize("edit", ["remove", "rewind"])
-def test_latest_removed_or_rewound_by_hand_is_refused(two_epoch_run, tiny_dir, capsys, edit):
+def test_a_deleted_latest_is_refused_but_the_crash_state_resumes(two_epoch_run, tiny_dir,
+                                                                   capsys):
     run_dir, _ = two_epoch_run
-    shutil.copytree(run_dir / "epoch_0002", run_dir / "epoch_0003")  # a 3-epoch run
-    (run_dir / "LATEST").write_text("epoch_0003\n")
-    if edit == "remove":
-        os.remove(run_dir / "LATEST")
-    else:
-        (run_dir / "LATEST").write_text("epoch_0001\n")
+    rows = read_metrics(run_dir)
+    os.remove(run_dir / "LATEST")
     before = tree_digest(run_dir)
     code, _, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
-                            "--epochs", 4, "--batch-size", 16)
+                            "--epochs", 3, "--batch-size", 16)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "resuming would overwrite them" in err and "epoch_0003" in err
+    assert "starting over would overwrite them" in err and "epoch_0002" in err
     assert tree_digest(run_dir) == before
+    # What a crash between publishing epoch 2's folder and moving LATEST leaves: epoch 2
+    # is redone, with the same numbers.
+    (run_dir / "LATEST").write_text("epoch_0001\n")
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                              "--epochs", 2, "--batch-size", 16)
+    assert code == 0, err
+    assert "Resuming after epoch 1" in out
+    drop_seconds = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert [{k: v for k, v in row.items() if k != "seconds"}
+            for row in read_metrics(run_dir)] == drop_seconds
 
 
 def test_a_folder_that_is_not_a_run_is_refused(tiny_dir, tmp_path, capsys):
@@ -199,12 +208,14 @@ def test_a_folder_that_is_not_a_run_is_refused(tiny_dir, tmp_path, capsys):
     folder.mkdir()
     (folder / "notes.txt").write_text("my notes")
     (folder / "metrics.csv").write_text("my own metrics")
+    (folder / "config.json").write_text('{"my": "settings"}')  # not one this program wrote
     before = tree_digest(folder)
     for extra in ([], ["--overwrite"]):
         code, _, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", folder,
                                 "--epochs", 1, *extra)
         assert code == 2 and "holds no run of this program" in err, err
-        assert "metrics.csv, notes.txt" in err and len(err.strip().splitlines()) == 1
+        assert "config.json, metrics.csv, notes.txt" in err
+        assert len(err.strip().splitlines()) == 1
         assert tree_digest(folder) == before
 
 
@@ -220,29 +231,30 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes(two_epoch_run, tiny_di
                                                           monkeypatch):
     import cp_utils
 
+    # Started over with --overwrite, so the command to resume must not repeat it.
     run_dir, _ = two_epoch_run
-    before = {name: tree_digest(run_dir / name) for name in ("epoch_0001", "epoch_0002")}
     real_write = cp_utils.write_bytes_durably
 
     def full_disk(path, data):
-        if "epoch_0003" in str(path):
+        if "epoch_0002" in str(path):
             raise OSError(28, "No space left on device")
         real_write(path, data)
 
     monkeypatch.setattr(cp_utils, "write_bytes_durably", full_disk)
-    arguments = ["--data-dir", tiny_dir, "--run-dir", run_dir, "--epochs", 3,
-                 "--batch-size", 16]
-    code, _, err = run_main(capsys, *arguments)
+    arguments = ["--data-dir", tiny_dir, "--run-dir", run_dir, "--epochs", 2,
+                 "--batch-size", 32]
+    code, _, err = run_main(capsys, *arguments, "--overwrite")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "No space left on device" in err and "rerun the same command" in err
-    assert (run_dir / "LATEST").read_text().strip() == "epoch_0002"
-    for name, digest in before.items():
-        assert tree_digest(run_dir / name) == digest
+    assert "No space left on device" in err and "resume with: python" in err
+    assert "--overwrite" not in err and "--batch-size 32" in err
+    assert (run_dir / "LATEST").read_text().strip() == "epoch_0001"
+    published = tree_digest(run_dir / "epoch_0001")
     monkeypatch.setattr(cp_utils, "write_bytes_durably", real_write)
     code, out, err = run_main(capsys, *arguments)
     assert code == 0, err
-    assert "Resuming after epoch 2" in out
-    assert (run_dir / "LATEST").read_text().strip() == "epoch_0003"
+    assert "Resuming after epoch 1" in out
+    assert tree_digest(run_dir / "epoch_0001") == published
+    assert (run_dir / "LATEST").read_text().strip() == "epoch_0002"
     assert not any(name.endswith(".partial") for name in os.listdir(run_dir))
 
 

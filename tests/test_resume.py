@@ -175,16 +175,23 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_at_the_next_step(data_dir, re
     assert process.returncode == 143, err
     assert "checkpointed after step" in out and "Resume with: python" in out
     assert (run_dir / "in_progress.checkpoint").exists()
-    with np.load(run_dir / "in_progress.checkpoint") as archive:
-        stopped_epoch, seconds_before = int(archive["epoch"]), float(archive["seconds"])
-    assert seconds_before > 0
+    # The checkpoint keeps the epoch's training time so far; a resumed epoch adds it to
+    # its own. Set to 1000 s here, so that the sum cannot be mistaken for the resumed part.
+    checkpoint = run_dir / "in_progress.checkpoint"
+    with np.load(checkpoint) as archive:
+        contents = {key: archive[key] for key in archive.files}
+    stopped_epoch = int(contents["epoch"])
+    assert float(contents["seconds"]) > 0
+    contents["seconds"] = np.array(1000.0)
+    with open(checkpoint, "wb") as handle:
+        np.savez(handle, **contents)
     output = run_in_process(capsys, arguments(data_dir, run_dir, every=0))
     assert " at step " in output
     assert not (run_dir / "in_progress.checkpoint").exists()
     assert_same_run(reference, run_dir)
     # The resumed epoch's time includes its training before the stop.
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
-    assert float(rows[stopped_epoch - 1].split(",")[-1]) > seconds_before
+    assert float(rows[stopped_epoch - 1].split(",")[-1]) > 1000.0
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
