@@ -205,9 +205,17 @@ def test_result_text(history):
 # ----------------------------------------------------------------------------------------
 
 
+def _margins(figure, left, right, bottom, top):
+    """Fix the margins around the axes, in inches. Measuring the labels instead
+    (tight_layout, or bbox_inches="tight" when saving) draws each figure a second time,
+    which took almost half of the plotting time per epoch (both PNGs: 0.76 s with
+    tight_layout, 0.41 s with fixed margins; medians of 10 alternating renders)."""
+    width, height = figure.get_size_inches()
+    figure.subplots_adjust(left=left / width, right=1 - right / width,
+                           bottom=bottom / height, top=1 - top / height)
+
+
 def _png_bytes(figure):
-    # The figures lay themselves out (tight_layout); bbox_inches="tight" would draw each
-    # one a second time just to measure it.
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
@@ -224,6 +232,10 @@ def confusion_matrix_visualizer(matrix, class_names, title):
     size = len(class_names)
     longest = max(len(name) for name in class_names)
     figure = Figure(figsize=(6.4 + 0.06 * longest, 5.6 + 0.06 * longest))
+    # Room for the tick labels (rotated when names are long), axis labels, title, and on
+    # the right for the colour bar, which takes its space from the axes.
+    _margins(figure, left=0.4 + 0.07 * longest, right=0.8,
+             bottom=0.55 + 0.055 * longest if longest > 2 else 0.6, top=0.4)
     axes = figure.add_subplot()
     shade = np.sqrt(matrix / max(matrix.max(), 1))
     image = axes.imshow(shade, cmap="Blues", vmin=0.0, vmax=1.0)
@@ -245,7 +257,6 @@ def confusion_matrix_visualizer(matrix, class_names, title):
     ticks = np.linspace(0, 1, 5)
     colorbar.set_ticks(ticks, labels=[f"{int(round((t ** 2) * matrix.max()))}" for t in ticks])
     colorbar.set_label("count (square-root colour scale)")
-    figure.tight_layout()
     return _png_bytes(figure)
 
 
@@ -269,6 +280,8 @@ def loss_acc_visualizer(history):
     """
     epochs = [row["epoch"] for row in history]
     figure = Figure(figsize=(8.0, 4.8))
+    # Room for both y-axes' labels, the title, and the legend below the x-axis label.
+    _margins(figure, left=0.8, right=0.8, bottom=1.0, top=0.4)
     loss_axes = figure.add_subplot()
     accuracy_axes = loss_axes.twinx()
     # Markers only while they stay readable. Losses are circles (train filled, validation
@@ -330,7 +343,6 @@ def loss_acc_visualizer(history):
         f"{span}: validation accuracy {100 * final['val_accuracy']:.2f}%, "
         f"loss {final['val_loss']:.4f}"
     )
-    figure.tight_layout()
     return _png_bytes(figure)
 
 
