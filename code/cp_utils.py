@@ -124,9 +124,9 @@ def restore_checkpoint(path, model, optimizer, average=None):
     (and the averaged weights into `average`, if given).
 
     Returns a dict with `epoch`, `step`, `train_sums`, `seconds`, `history` and `config`.
-    Raises
-    `CheckpointError` when the file is missing, truncated, corrupt (the archive's CRC-32
-    checks catch flipped bytes) or does not match the model; nothing is assigned then.
+    Raises `CheckpointError` when the file is missing, truncated, corrupt (the archive's
+    CRC-32 checks catch flipped bytes) or does not match the model; nothing is assigned
+    then.
     """
     try:
         with np.load(path, allow_pickle=False) as archive:

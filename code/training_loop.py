@@ -103,8 +103,8 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         out(f"Run is complete ({held}); results are in {run_dir}. Nothing to do; raise "
             "--epochs to train longer.")
         return 0
-    resume = basic_utils.resume_command(script, arguments)
-    with _disk_errors(run_dir, resume):
+    resume_command = basic_utils.resume_command(script, arguments)
+    with _disk_errors(run_dir, resume_command):
         removed = learning_env_setting.remove_stale_partials(run_dir)
     if removed:
         out(f"Removed half-written files from an interrupted run: {', '.join(removed)}")
@@ -141,7 +141,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         + f"(preset {config.preset}).")
     out(f"Compute: {describe_compute(config, record['versions']['device'])}.")
     # --overwrite takes effect only now that the data and settings have proved usable.
-    with _disk_errors(run_dir, resume):
+    with _disk_errors(run_dir, resume_command):
         removed = run_directory.clear_earlier_results()
     if removed:
         epochs = sum(1 for name in removed
@@ -162,7 +162,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
                       if config.schedule == "one-cycle" else "")
             out(f"Changing the run from {saved_epochs} to {config.epochs} epochs{replan}.")
     # config.json reflects the latest invocation (epochs may have grown); written atomically.
-    with _disk_errors(run_dir, resume):
+    with _disk_errors(run_dir, resume_command):
         cp_utils.atomic_write(
             os.path.join(run_dir, learning_env_setting.CONFIG_FILE),
             json.dumps(record, indent=2, sort_keys=True) + "\n",
@@ -175,7 +175,8 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         for epoch in range(start_epoch, config.epochs + 1):
             resume_state = state if epoch == start_epoch and start_step else None
             history = _one_epoch(config, data, steps, network, optimizer, epoch, history,
-                                 record, run_dir, out, stop_signal, resume_state, resume)
+                                 record, run_dir, out, stop_signal, resume_state,
+                                 resume_command)
             if epoch < config.epochs:
                 stop_signal.check()
     except basic_utils.StopRequested as stop:
@@ -183,7 +184,7 @@ def _run_locked(config, run_directory, raw, out, arguments, script):
         out(
             f"\nStopped (signal {stop.signal_number}). Completed epochs are saved "
             f"({completed} of {config.epochs}){stop.detail}.\n"
-            f"Resume with: {resume}"
+            f"Resume with: {resume_command}"
         )
         return 128 + stop.signal_number
     finally:
@@ -202,18 +203,18 @@ def _count(number, noun):
 
 
 @contextlib.contextmanager
-def _disk_errors(run_dir, resume):
+def _disk_errors(run_dir, resume_command):
     """Turn a failed write or removal in the run directory (disk full, folder removed or
     made read-only) into one line. Every write is atomic, so what was published stays
-    valid, and `resume` (the command without --overwrite) continues once the cause is
-    fixed."""
+    valid, and `resume_command` (the command without --overwrite) continues once the
+    cause is fixed."""
     try:
         yield
     except OSError as error:
         raise basic_utils.UserError(
             f"cannot write to {run_dir} ({error.strerror or error}); the files already "
             f"published there are intact. Fix that (free space, say), then resume with: "
-            f"{resume}"
+            f"{resume_command}"
         ) from None
 
 
