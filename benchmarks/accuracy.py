@@ -19,7 +19,8 @@ import statistics
 import sys
 import tempfile
 
-from bench_utils import CODE, DEFAULT_DATA_DIR, epoch_timings, machine, read_metrics, run_main
+from bench_utils import (CODE, DEFAULT_DATA_DIR, epoch_timings, machine,
+                         read_metrics, run_benchmark, run_main)
 
 sys.path.insert(0, CODE)
 
@@ -157,7 +158,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C or a timeout's SIGINT: one line, no traceback
-        sys.exit("accuracy.py: interrupted")
+    run_benchmark(main)

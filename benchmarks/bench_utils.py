@@ -43,6 +43,15 @@ def machine():
             f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}")
 
 
+def run_benchmark(main):
+    """Call a benchmark's `main`; Ctrl-C or a timeout's SIGINT ends it in one line, with
+    no traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: interrupted")
+
+
 def run_main(arguments, marker=None):
     """Run main.py with `arguments`; returns (stdout, wall seconds, seconds until `marker`).
 

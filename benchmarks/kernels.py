@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from bench_utils import CODE, DEFAULT_DATA_DIR, machine
+from bench_utils import CODE, DEFAULT_DATA_DIR, machine, run_benchmark
 
 sys.path.insert(0, CODE)
 
@@ -115,7 +115,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C or a timeout's SIGINT: one line, no traceback
-        sys.exit("kernels.py: interrupted")
+    run_benchmark(main)

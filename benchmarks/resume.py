@@ -15,7 +15,7 @@ import statistics
 import sys
 import tempfile
 
-from bench_utils import CODE, HERE, epoch_timings, run_main
+from bench_utils import CODE, HERE, epoch_timings, run_benchmark, run_main
 
 sys.path.insert(0, CODE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -92,7 +92,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C or a timeout's SIGINT: one line, no traceback
-        sys.exit("resume.py: interrupted")
+    run_benchmark(main)

@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 
-from bench_utils import CODE, DEFAULT_DATA_DIR, epoch_timings, machine, run_main
+from bench_utils import (CODE, DEFAULT_DATA_DIR, epoch_timings, machine,
+                         run_benchmark, run_main)
 
 sys.path.insert(0, CODE)
 import basic_utils  # noqa: E402
@@ -170,7 +171,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C or a timeout's SIGINT: one line, no traceback
-        sys.exit("speed.py: interrupted")
+    run_benchmark(main)
