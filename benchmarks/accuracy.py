@@ -24,7 +24,7 @@ from bench_utils import (CODE, DEFAULT_DATA_DIR, epoch_timings, machine,
 
 sys.path.insert(0, CODE)
 
-import learning_env_setting  # noqa: E402
+import settings  # noqa: E402
 
 THRESHOLDS = (0.990, 0.995)
 
@@ -71,14 +71,14 @@ def seconds_text(value):
 
 
 def print_recipe(recipe, results):
-    settings = learning_env_setting.make_config(recipe)
+    recipe_config = settings.make_config(recipe)
     epochs = len(results[0]["rows"])
-    print(f"### `--preset {recipe}`: model {settings.model}, {epochs} epochs, batch "
-          f"{settings.batch_size}, {settings.optimizer} {settings.learning_rate:g} "
-          f"({settings.schedule}), augmentation "
-          f"{learning_env_setting.describe_augmentation(settings)}, "
-          f"validation fraction {settings.validation_fraction}"
-          + (f", weight average {settings.weight_average:g}" if settings.weight_average else "")
+    print(f"### `--preset {recipe}`: model {recipe_config.model}, {epochs} epochs, batch "
+          f"{recipe_config.batch_size}, {recipe_config.optimizer} {recipe_config.learning_rate:g} "
+          f"({recipe_config.schedule}), augmentation "
+          f"{settings.describe_augmentation(recipe_config)}, "
+          f"validation fraction {recipe_config.validation_fraction}"
+          + (f", weight average {recipe_config.weight_average:g}" if recipe_config.weight_average else "")
           + f", precision {results[0]['config']['precision']}"
           + (", XLA" if results[0]["config"]["xla"] else "")
           + f", on {results[0]['config']['versions']['device']}")
@@ -119,7 +119,7 @@ def main():
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="folder with the four MNIST IDX files (default: %(default)s)")
     parser.add_argument("--recipes", nargs="+", default=["standard", "fast", "seed"],
-                        choices=tuple(learning_env_setting.PRESETS))
+                        choices=tuple(settings.PRESETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--seed-epochs", type=int, default=0,
                         help="epochs for the seed recipe (default: its preset's 50)")

@@ -64,9 +64,9 @@ import sys
 sys.path.insert(0, "code")
 import basic_utils
 basic_utils.set_tensorflow_environment()
-import dataset_utils, learning_env_setting
-config = learning_env_setting.make_config(data_dir=sys.argv[1])
-images, labels = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)._train_tensors()
+import dataset_utils, settings
+config = settings.make_config(data_dir=sys.argv[1])
+images, labels = dataset_utils.load_processing_mnist(config, announce=lambda *_: None).training_tensors()
 print(f"training images on {images.device} as {images.dtype.name}; labels on {labels.device}")
 PY
 speed=(python benchmarks/speed.py --data-dir "$data" --repeats 2 --overhead-epochs 2)

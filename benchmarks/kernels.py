@@ -30,28 +30,24 @@ LAYERS = ("keras", "fused")
 
 def measure(data_dir, chunks, steps):
     """Images per second of each batch-norm layer in this process: {layer: [per chunk]}."""
-    import keras
-
     import basic_utils
     import dataset_utils
-    import learning_env_setting
     import model as model_module
+    import settings
+    import train_state
     import train_validation_test as tvt
 
-    config = learning_env_setting.make_config(data_dir=data_dir, precision="float32")
+    config = settings.make_config(data_dir=data_dir, precision="float32")
     basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
 
     def build(layer):
-        fused = model_module.FusedBatchNorm
-        if layer == "keras":
-            model_module.FusedBatchNorm = keras.layers.BatchNormalization
-        try:
-            network = model_module.build_model(config.model)
-        finally:
-            model_module.FusedBatchNorm = fused
-        return tvt.Steps(network, tvt.make_optimizer(config, data.steps_per_epoch),
-                         data.make_batch, tvt.make_weight_average(config, network))
+        network = model_module.build_model(config.model, batch_norm=layer)
+        optimizer = train_state.make_optimizer(config, data.steps_per_epoch)
+        optimizer.build(network.trainable_variables)
+        state = train_state.TrainState(network, optimizer,
+                                       train_state.make_weight_average(config, network))
+        return tvt.Steps(state, data.make_batch)
 
     runners = {layer: build(layer) for layer in LAYERS}
     # Full batches of one epoch only (its last batch is short): 10 to warm up, then the chunks.

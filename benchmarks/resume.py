@@ -12,27 +12,31 @@ import os
 import re
 import shutil
 import statistics
+import struct
 import sys
 import tempfile
 
-from bench_utils import CODE, HERE, epoch_timings, run_benchmark, run_main
+from bench_utils import CODE, epoch_timings, run_benchmark, run_main
 
 sys.path.insert(0, CODE)
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import dataset_utils  # noqa: E402
-import helpers  # noqa: E402
+
+
+def write_idx(path, array, magic):
+    """Write a uint8 array as an IDX file: big-endian magic and sizes, then the bytes."""
+    with open(path, "wb") as handle:
+        handle.write(struct.pack(f">I{array.ndim}I", magic, *array.shape))
+        handle.write(array.astype("uint8").tobytes())
 
 
 def write_subset(data_dir, folder, train=6000, test=1000):
     full = dataset_utils.load_idx_folder(data_dir)
-    for split, count in (("train", train), ("test", test)):
-        images = getattr(full, f"{split}_images")[:count, ..., 0]
-        labels = getattr(full, f"{split}_labels")[:count].astype("uint8")
-        helpers.write_file(os.path.join(folder, helpers.IMAGE_NAMES[split]),
-                           helpers.idx_bytes(images, 2051), compress=False)
-        helpers.write_file(os.path.join(folder, helpers.LABEL_NAMES[split]),
-                           helpers.idx_bytes(labels, 2049), compress=False)
+    for split, prefix, count in (("train", "train", train), ("test", "t10k", test)):
+        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte"),
+                  getattr(full, f"{split}_images")[:count, ..., 0], dataset_utils.IMAGE_MAGIC)
+        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte"),
+                  getattr(full, f"{split}_labels")[:count], dataset_utils.LABEL_MAGIC)
     return folder
 
 

@@ -36,42 +36,68 @@ import basic_utils  # noqa: E402
 basic_utils.set_tensorflow_environment()  # as code/main.py does, before TensorFlow loads
 
 
+def train_dataset(data, epoch, skip=0):
+    """The batches of `data.train_batches(epoch, skip)` as a tf.data pipeline of (images,
+    labels), for `model.fit()`: the same order, the same augmentation seeds, made by the
+    same `dataset_utils.make_batch`, in tf.data's threads instead of inside the step
+    (tests/test_recipes.py checks that the batches are the same)."""
+    import tensorflow as tf
+
+    import dataset_utils
+
+    images, labels = data.host_tensors()  # tf.data runs on the CPU, whatever the device
+    augment = tf.constant(data.augments(epoch)) if data.augment else None
+
+    def batch(batch_index, indices):
+        return dataset_utils.make_batch(images, labels, indices,
+                                        data.batch_seed(epoch, batch_index), augment)
+
+    return (
+        tf.data.Dataset.from_tensor_slices(data.epoch_order(epoch))
+        .batch(data.batch_size)
+        .enumerate()
+        .skip(skip)
+        .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
 def loop_vs_fit(data_dir, repeats, steps, precision, xla):
     import keras
     import tensorflow as tf
 
     import dataset_utils
-    import learning_env_setting
     import model as model_module
+    import settings
+    import train_state
     import train_validation_test as tvt
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    config = learning_env_setting.make_config(
+    config = settings.make_config(
         data_dir=data_dir, xla=xla, deterministic=not xla,
-        precision=learning_env_setting.resolve_precision(precision, None, gpu))
+        precision=settings.resolve_precision(precision, None, gpu))
     basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     data = dataset_utils.load_processing_mnist(config, announce=lambda *_: None)
     steps = min(steps or data.steps_per_epoch, data.steps_per_epoch)
     images = min(steps * config.batch_size, len(data.train_labels))
 
     # Ours as main.py trains: with the standard preset's weight average updated every step.
-    network = model_module.build_model(config.model, precision=config.precision)
-    ours = tvt.Steps(network, tvt.make_optimizer(config, data.steps_per_epoch), data.make_batch,
-                     tvt.make_weight_average(config, network), jit_compile=config.xla)
+    ours = tvt.Steps(train_state.create_train_state(config, 10, data.steps_per_epoch),
+                     data.make_batch, jit_compile=config.xla)
 
     def run_ours(epoch, count, skip=0):
         tvt.go_train(ours, itertools.islice(data.train_batches(epoch, skip), count))
 
     fitted = model_module.build_model(config.model, precision=config.precision)
     fitted.compile(
-        optimizer=tvt.make_optimizer(config, data.steps_per_epoch),
+        optimizer=train_state.make_optimizer(config, data.steps_per_epoch),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=True if config.xla else "auto",
     )
 
     def run_fit(epoch, count, skip=0):
-        fitted.fit(data.train_dataset(epoch, skip).take(count), epochs=1, verbose=0,
+        fitted.fit(train_dataset(data, epoch, skip).take(count), epochs=1, verbose=0,
                    shuffle=False)  # the dataset is shuffled already
 
     runners = {"ours": run_ours, "fit": run_fit}

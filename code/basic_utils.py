@@ -5,23 +5,65 @@ rejected before the (slow) TensorFlow import.
 """
 
 import os
+import re
 import shlex
 import signal
+import sys
+import tempfile
 
 
 def set_tensorflow_environment(log_level="3"):
     """Defaults for the environment variables TensorFlow reads when it loads; call this
     before the first `import tensorflow`. A value already set (by the user) wins.
 
-    TF_ENABLE_ONEDNN_OPTS=1 turns on the oneDNN CPU kernels, which TensorFlow enables by
-    itself only on CPUs with AVX-512 deep-learning instructions. On this project's 2-core
-    AVX2 machine they train the standard network about 1.3x faster (1.4-1.6x together
-    with `model.FusedBatchNorm`; benchmarks/kernels.py); 0 selects TensorFlow's Eigen kernels.
-    TF_CPP_MIN_LOG_LEVEL keeps TensorFlow's C++ log messages off the console; the few lines
-    it writes before its logging starts (CUDA probe, oneDNN notice) still appear.
+    TF_ENABLE_ONEDNN_OPTS=1 turns on the oneDNN CPU kernels, which TensorFlow turns on by
+    itself only on CPUs with AVX-512 deep-learning instructions; on the AVX2 machines
+    measured they train faster (benchmarks/RESULTS.md), and 0 selects TensorFlow's Eigen
+    kernels. TF_CPP_MIN_LOG_LEVEL keeps TensorFlow's C++ log messages off the console.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", log_level)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+# Lines TensorFlow's libraries write to stderr as they load, before its log level applies,
+# each twice (two libraries load), and none that a user of this program acts on: the
+# "Compute:" line says where the run computes.
+_LOAD_NOTICES = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|oneDNN custom operations are on"
+    r"|Could not find cuda drivers on your machine"
+    r"|computation placer already registered"
+    r"|Unable to register cu(?:DNN|FFT|BLAS) factory"
+    r"|TF-TRT Warning")
+
+
+def import_tensorflow():
+    """Import TensorFlow with its load-time notices held back, and return it.
+
+    Its libraries write to file descriptor 2 directly, so the descriptor is pointed at a
+    temporary file while they load; afterwards every line that is not a known notice is
+    written to stderr once, so that an error or an unexpected warning still shows.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            shown = set()
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                # The same message from each library differs only in its time stamp.
+                message = re.sub(r"^[IWEF]\d{4} [\d:. ]+\d+ ", "", line)
+                if line.strip() and not _LOAD_NOTICES.search(line) and message not in shown:
+                    shown.add(message)
+                    print(line, file=sys.stderr)
+    return tensorflow
 
 
 class UserError(Exception):
@@ -29,6 +71,12 @@ class UserError(Exception):
 
     `main.py` prints the message as one line and exits with code 2; no traceback.
     """
+
+
+class Diverged(Exception):
+    """Training produced a loss or weights that are not finite, or a loss far above
+    guessing. The message says what, as a phrase ("its training loss was 1e+29"); the loop
+    adds where and what to do."""
 
 
 class StopRequested(Exception):

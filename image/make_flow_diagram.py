@@ -36,30 +36,41 @@ def draw():
     axes.set_ylim(0, 8.6)
     axes.axis("off")
 
-    box(axes, 0.3, 7.2, 3.2, 1.1, "main.py", "flags -> one Config\ncalls training_loop.run", "#fde2c7")
-    box(axes, 4.2, 7.2, 3.6, 1.1, "training_loop.py", "wires the modules; the only place\nthat prints or writes", "#fde2c7")
+    box(axes, 0.3, 7.2, 3.2, 1.1, "main.py", "flags -> one settings.Config\n"
+        "(checked), --data-dir checked,\ncalls training_loop.run", "#fde2c7")
+    box(axes, 4.2, 7.2, 8.5, 1.1, "training_loop.py",
+        "load data -> open the run directory -> build or restore the TrainState -> "
+        "train the epochs -> report\nthe only place that prints or writes", "#fde2c7")
     arrow(axes, (3.5, 7.75), (4.2, 7.75))
 
-    box(axes, 0.3, 4.9, 3.6, 1.9, "learning_env_setting",
-        "run directory (locked)\nconfig.json + settings guard\nLATEST -> epoch to resume")
-    box(axes, 4.2, 4.9, 3.6, 1.9, "dataset_utils",
-        "--data-dir IDX | tfds | packaged\nseeded validation split\nper-epoch order from (seed, epoch)\nbatch + augment inside the step")
-    box(axes, 8.1, 4.9, 2.2, 1.9, "model", "convnet (4 conv+BN)\nconvnet-fast\nseed (original)")
-    box(axes, 10.6, 4.9, 2.1, 1.9, "basic_utils", "seeding, signals,\nreporter,\nUserError")
-    for x in (2.1, 6.0, 9.2, 11.65):
-        arrow(axes, (6.0, 7.2), (x, 6.8))
+    modules = [
+        ("settings", "Config, presets,\nthe choices and\ntheir checks"),
+        ("learning_env_setting", "run directory (locked),\nLATEST -> resume point\n"
+                                 "+ run_layout (names)\n+ run_record (config.json)"),
+        ("dataset_utils", "--data-dir IDX | tfds\n| packaged; split;\nbatches made and\n"
+                          "augmented in the step"),
+        ("model", "convnet, convnet-fast\n(conv + batch norm),\nseed (original)"),
+        ("train_state", "TrainState: model,\noptimizer, weight\naverage, epoch, step"),
+        ("basic_utils", "seeding, signals,\nreporter, UserError"),
+    ]
+    x, width = 0.3, 1.95
+    for title, body in modules:
+        box(axes, x, 4.9, width, 1.9, title, body)
+        arrow(axes, (8.45, 7.2), (x + width / 2, 6.8))
+        x += width + 0.14
 
     # The per-epoch loop.
     axes.add_patch(FancyBboxPatch((0.3, 1.95), 12.4, 2.45, boxstyle="round,pad=0.02,rounding_size=0.2",
                                   facecolor="#f4f4f4", edgecolor="#999999", linestyle="--"))
-    axes.text(0.5, 4.2, "for epoch in start..N   (train_validation_test + cp_utils)",
+    axes.text(0.5, 4.2, "for epoch in state.epoch..N   (train_validation_test, then cp_utils "
+              "and plots)",
               fontsize=9.5, fontweight="bold", va="center")
     steps = [
         ("go_train", "compiled steps,\none-cycle LR"),
         ("go_validation", "loss, accuracy,\n10x10 confusion"),
         ("go_test", "fresh test loss,\naccuracy"),
         ("training_reporter", "prints the\nepoch's block"),
-        ("save_losses_model", "write .partial,\nrename, LATEST"),
+        ("save_losses_model", "checkpoint + PNGs:\nwrite .partial,\nrename, LATEST"),
     ]
     x = 0.55
     for index, (title, body) in enumerate(steps):
@@ -67,13 +78,14 @@ def draw():
         if index:
             arrow(axes, (x - 0.3, 2.97), (x, 2.97))
         x += 2.45
-    arrow(axes, (6.0, 4.9), (6.0, 4.4))
+    arrow(axes, (6.55, 4.9), (6.55, 4.4))
 
     # What is written.
     box(axes, 0.3, 0.2, 12.4, 1.45, "<run-dir>/",
-        "config.json    metrics.csv    test_result.txt    LATEST  (names the newest complete epoch)\n"
-        "epoch_0001/, epoch_0002/, ...  each:  checkpoint  (weights, optimizer state, epoch, history)   "
-        "confusion_matrix.png   losses_accs.png   metrics.json", "#fff7d6")
+        "config.json    metrics.csv    test_result.txt    LATEST  (names the newest complete "
+        "epoch)    in_progress.checkpoint  (mid-epoch)\n"
+        "epoch_0001/, epoch_0002/, ...  each:  checkpoint  (every variable by name, epoch, "
+        "history)   confusion_matrix.png   losses_accs.png   metrics.json", "#fff7d6")
     arrow(axes, (10.95, 2.2), (10.95, 1.65))
     return figure
 

@@ -12,9 +12,8 @@ import pytest  # noqa: E402
 
 import helpers  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 REAL_MNIST_DIR = pathlib.Path(
-    os.environ.get("MNIST_IDX_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist")
+    os.environ.get("MNIST_IDX_DIR", helpers.REPO_ROOT.parent / "shared" / "data" / "mnist")
 )
 
 

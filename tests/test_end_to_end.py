@@ -1,7 +1,6 @@
 """The whole application on tiny data: layout, resume, extension, interruption, bad input."""
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -10,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,34 +16,19 @@ import tensorflow_datasets as tfds
 
 import helpers
 import main
-from conftest import REPO_ROOT
+import train_state
+import train_validation_test
+from helpers import read_metrics, run_main, tree_digest
 
 EPOCH_FILES = {"checkpoint", "confusion_matrix.png", "losses_accs.png", "metrics.json"}
-COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-           "test_loss", "test_accuracy", "seconds"]
 
 
-def run_main(capsys, *arguments):
-    """Run main.main in this process; returns (exit code, stdout, stderr)."""
-    code = main.main([str(argument) for argument in arguments])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def tree_digest(path):
-    """{relative path: sha256} of every file under `path`."""
-    digests = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = pathlib.Path(root, name)
-            digests[str(full.relative_to(path))] = hashlib.sha256(full.read_bytes()).hexdigest()
-    return digests
-
-
-def read_metrics(run_dir):
-    lines = (pathlib.Path(run_dir) / "metrics.csv").read_text().splitlines()
-    assert lines[0].split(",") == COLUMNS
-    return [dict(zip(COLUMNS, map(float, line.split(",")))) for line in lines[1:]]
+def exit_code(arguments):
+    """main.main's exit code for `arguments`, whether it returns it or argparse exits."""
+    try:
+        return main.main([str(argument) for argument in arguments])
+    except SystemExit as exit_info:
+        return exit_info.code
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +83,14 @@ def test_two_epochs_write_exactly_the_documented_layout(two_epoch_run):
     assert sum(map(sum, matrix)) == config["num_validation"]
     assert epoch_metrics["val_accuracy"] == rows[1]["val_accuracy"]
     assert "Epoch 2/2" in out and "parameters" in out
-    assert "test_result" not in out and "test" in (run_dir / "test_result.txt").read_text()
+    # test_result.txt shows every epoch's test numbers and names the best validation epoch.
+    lines = (run_dir / "test_result.txt").read_text().splitlines()
+    table = [line.split() for line in lines if line.strip()[:1].isdigit()]
+    assert [(int(cells[0]), cells[1], cells[2]) for cells in table] == [
+        (int(row["epoch"]), f"{row['test_loss']:.4f}", f"{100 * row['test_accuracy']:.2f}%")
+        for row in rows]
+    best = max(rows, key=lambda row: row["val_accuracy"])
+    assert lines[-1].startswith(f"Best validation accuracy: epoch {int(best['epoch'])} ")
 
 
 def test_rerun_with_more_epochs_trains_only_the_new_epoch(two_epoch_run, tiny_dir, capsys):
@@ -152,6 +142,80 @@ def test_changed_settings_are_refused_and_listed(two_epoch_run, tiny_dir, capsys
     assert "batch_size: 16 -> 64" in err and "seed: 0 -> 5" in err
     assert "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert tree_digest(run_dir) == before
+
+
+def test_a_finished_run_with_other_settings_or_data_is_refused_not_complete(
+        two_epoch_run, tiny_dir, tmp_path, capsys):
+    run_dir, _ = two_epoch_run
+    before = tree_digest(run_dir)
+    other = helpers.write_mnist_folder(tmp_path / "other", train=300, test=100, seed=7)
+    for arguments in (["--data-dir", other, "--batch-size", 16],
+                      ["--data-dir", tiny_dir, "--batch-size", 16, "--preset", "fast"]):
+        code, out, err = run_main(capsys, *arguments, "--run-dir", run_dir, "--epochs", 2)
+        assert code == 2 and "complete" not in out, out
+        assert "was made with other settings" in err and len(err.strip().splitlines()) == 1
+    assert tree_digest(run_dir) == before
+
+
+def test_the_default_run_directory_tells_recipes_and_data_apart(tiny_dir, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for arguments in (["--data-dir", tiny_dir], ["--data-dir", tiny_dir, "--preset", "fast"]):
+        code, out, err = run_main(capsys, *arguments, "--epochs", 1, "--batch-size", 16)
+        assert code == 0, out + err
+    with tfds.testing.mock_data(num_examples=120):
+        code, out, err = run_main(capsys, "--epochs", 1, "--batch-size", 16)
+    assert code == 0, out + err
+    assert sorted(os.listdir(tmp_path / "runs")) == [
+        "mnist-fast-idx", "mnist-standard-idx", "mnist-standard-tfds"]
+    assert f"Run directory: {tmp_path / 'runs' / 'mnist-standard-tfds'}" in out
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(tiny_dir, tmp_path, capsys):
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", tmp_path / "run",
+                              "--batch-size", 100000000)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--batch-size 100000000 is larger than the training split (270 images" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_divergence_stops_the_run_and_publishes_nothing(tiny_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                              "--epochs", 2, "--batch-size", 16, "--optimizer", "sgd",
+                              "--schedule", "constant", "--learning-rate", "1e30")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "training diverged in epoch 1 at step" in err
+    assert "Lower --learning-rate (it is 1e+30)" in err
+    assert "Epoch 1/2" not in out
+    assert sorted(os.listdir(run_dir)) == ["config.json"]
+
+
+def test_divergence_keeps_the_last_good_epoch(two_epoch_run, tiny_dir, capsys, monkeypatch):
+    run_dir, _ = two_epoch_run
+    epochs = {name: tree_digest(run_dir / name) for name in ("epoch_0001", "epoch_0002")}
+    metrics = (run_dir / "metrics.csv").read_text()
+    # As if the loss of epoch 3's first step were far above guessing.
+    monkeypatch.setattr(train_validation_test, "DIVERGED_FACTOR", 1e-6)
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                              "--epochs", 3, "--batch-size", 16)
+    assert code == 2 and "training diverged in epoch 3 at step 1 of 17" in err
+    assert f"epoch 2 ({run_dir / 'epoch_0002'}) stays the newest state" in err
+    assert (run_dir / "LATEST").read_text().strip() == "epoch_0002"
+    assert {name: tree_digest(run_dir / name) for name in epochs} == epochs
+    assert (run_dir / "metrics.csv").read_text() == metrics
+    assert not (run_dir / "epoch_0003").exists()
+    assert not (run_dir / "in_progress.checkpoint").exists()
+
+
+def test_weights_that_are_not_finite_are_never_saved(capsys):
+    config = main.parse_config(["--preset", "fast", "--precision", "float32"])
+    state = train_state.create_train_state(config, 10, steps_per_epoch=5)
+    state.check_finite()
+    kernel = state.model.trainable_variables[0]
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    with pytest.raises(main.basic_utils.Diverged, match="stem_conv/kernel holds NaN"):
+        state.check_finite()
 
 
 def test_overwrite_starts_over_but_keeps_foreign_files(two_epoch_run, tiny_dir, capsys):
@@ -219,12 +283,16 @@ def test_a_folder_that_is_not_a_run_is_refused(tiny_dir, tmp_path, capsys):
         assert tree_digest(folder) == before
 
 
-def test_a_failed_start_leaves_no_empty_run_directory(tmp_path, capsys):
-    (tmp_path / "no_data").mkdir()
-    code, _, err = run_main(capsys, "--data-dir", tmp_path / "no_data",
-                            "--run-dir", tmp_path / "runs" / "new", "--epochs", 1)
-    assert code == 2 and "is empty" in err
-    assert sorted(os.listdir(tmp_path)) == ["no_data"]
+def test_a_failed_start_leaves_no_empty_run_directory(tiny_dir, tmp_path, capsys,
+                                                      monkeypatch):
+    def interrupted(*arguments):
+        raise KeyboardInterrupt  # Ctrl-C while the network is built
+
+    monkeypatch.setattr(train_state, "create_train_state", interrupted)
+    code, _, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir",
+                            tmp_path / "runs" / "new", "--epochs", 1)
+    assert code == 130 and "Interrupted" in err
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_full_disk_ends_in_one_line_and_the_run_resumes(two_epoch_run, tiny_dir, capsys,
@@ -310,22 +378,27 @@ def test_default_command_uses_tensorflow_datasets(tmp_path, capsys):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--epochs", "0"], "--epochs"),
-        (["--epochs", "three"], "--epochs"),
-        (["--batch-size", "-4"], "--batch-size"),
-        (["--learning-rate", "0"], "--learning-rate"),
-        (["--learning-rate", "fast"], "--learning-rate"),
-        (["--validation-fraction", "1.5"], "--validation-fraction"),
-        (["--validation-fraction", "0"], "--validation-fraction"),
-        (["--dataset", "cifar10"], "--dataset"),
+        (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["--epochs", "three"], "--epochs: expected an integer, got 'three'"),
+        (["--batch-size", "-4"], "--batch-size must be a positive integer, got -4"),
+        (["--learning-rate", "0"], "--learning-rate must be a positive number, got 0.0"),
+        (["--learning-rate", "nan"], "--learning-rate must be a positive number, got nan"),
+        (["--learning-rate", "fast"], "--learning-rate: expected a number, got 'fast'"),
+        (["--validation-fraction", "1.5"], "--validation-fraction must be a number between"),
+        (["--validation-fraction", "0"], "--validation-fraction must be a number between"),
+        (["--weight-average", "1"], "--weight-average must be a number from 0"),
+        (["--clean-epochs", "-1"], "--clean-epochs must be an integer of at least 0"),
+        (["--dataset", "cifar10"], "unknown --dataset 'cifar10'; choose one of mnist"),
+        (["--model", "resnet"], "unknown --model 'resnet'; choose one of convnet"),
+        (["--preset", "fastest"], "unknown --preset 'fastest'; choose one of standard"),
+        (["--xla"], "--xla needs --no-determinism"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(arguments, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(arguments)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err
+    assert exit_code(arguments) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1 and message in captured.err
 
 
 def test_bad_data_and_run_directories_exit_2(tmp_path, tiny_mnist_dir, capsys):
@@ -353,12 +426,24 @@ def test_bad_data_and_run_directories_exit_2(tmp_path, tiny_mnist_dir, capsys):
 
 
 def test_bad_flag_in_a_real_process_prints_no_traceback():
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "code" / "main.py"), "--epochs", "-1"],
-        capture_output=True, text=True)
+    result = helpers.run_main_process(["--epochs", "-1"])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "main.py: error: argument --epochs: expected a positive integer, got '-1'. See --help."]
+        "main.py: error: --epochs must be a positive integer, got -1."]
+
+
+def test_a_wrong_data_dir_is_reported_before_tensorflow_loads(tiny_mnist_dir, tmp_path):
+    parent = pathlib.Path(tiny_mnist_dir).parent  # holds the IDX folder, not the files
+    code = (f"import sys; sys.path.insert(0, {str(helpers.REPO_ROOT / 'code')!r}); "
+            "import main; code = main.main(sys.argv[1:]); "
+            "print(code, 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, "--data-dir", str(parent),
+                             "--run-dir", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=helpers.environment())
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"main.py: error: --data-dir {parent} holds no IDX files itself, but its subfolder "
+        f"{tiny_mnist_dir} has all four; pass --data-dir {tiny_mnist_dir}."]
 
 
 # ----------------------------------------------------------------------------------------
@@ -366,40 +451,19 @@ def test_bad_flag_in_a_real_process_prints_no_traceback():
 # ----------------------------------------------------------------------------------------
 
 
-def start(arguments, **kwargs):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "code" / "main.py"), *map(str, arguments)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
-
-
-def wait_for(predicate, process, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"process ended early: {process.communicate()}")
-        time.sleep(0.02)
-    process.kill()
-    raise AssertionError("timed out")
-
-
 def test_sigkill_after_epoch_one_resumes_at_epoch_two(tmp_path):
     data_dir = helpers.write_mnist_folder(tmp_path / "idx", train=1200, test=100)
     run_dir = tmp_path / "run"
     arguments = ["--data-dir", data_dir, "--run-dir", run_dir, "--epochs", 3, "--batch-size", 32]
-    process = start(arguments)
-    wait_for(lambda: (run_dir / "LATEST").exists(), process)
+    process = helpers.start_main(arguments)
+    helpers.wait_for(lambda: (run_dir / "LATEST").exists(), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     completed = int((run_dir / "LATEST").read_text().strip()[len("epoch_"):])
     assert completed < 3, "the run finished before it could be killed"
     kept = {epoch: tree_digest(run_dir / f"epoch_{epoch:04d}") for epoch in range(1, completed + 1)}
 
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "code" / "main.py"), *map(str, arguments)],
-        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    result = helpers.run_main_process(arguments)
     assert result.returncode == 0, result.stderr
     assert f"starting epoch {completed + 1}" in result.stdout
     assert f"Epoch {completed}/3" not in result.stdout
@@ -412,9 +476,9 @@ def test_sigkill_after_epoch_one_resumes_at_epoch_two(tmp_path):
 def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
     data_dir = helpers.write_mnist_folder(tmp_path / "idx", train=4000, test=200)
     run_dir = tmp_path / "run"
-    process = start(["--data-dir", data_dir, "--run-dir", run_dir, "--epochs", 50,
-                     "--batch-size", 16, "--overwrite"])
-    wait_for(lambda: (run_dir / "LATEST").exists(), process)
+    process = helpers.start_main(["--data-dir", data_dir, "--run-dir", run_dir, "--epochs", 50,
+                                  "--batch-size", 16, "--overwrite"])
+    helpers.wait_for(lambda: (run_dir / "LATEST").exists(), process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
@@ -439,5 +503,5 @@ def test_weight_average_changes_evaluation_not_training(finished_two_epoch_run, 
                                                                   row_r["train_accuracy"])
     assert [row["val_loss"] for row in averaged] != [row["val_loss"] for row in raw]
     for run_dir, has_average in ((averaged_dir, True), (tmp_path / "raw", False)):
-        with np.load(pathlib.Path(run_dir) / "epoch_0002" / "checkpoint") as archive:
-            assert any(key.startswith("average/") for key in archive.files) == has_average
+        arrays = helpers.checkpoint_arrays(pathlib.Path(run_dir) / "epoch_0002" / "checkpoint")
+        assert any(key.startswith("average/") for key in arrays) == has_average

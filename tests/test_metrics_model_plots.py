@@ -10,6 +10,7 @@ import basic_utils
 import cp_utils
 import dataset_utils
 import model as model_module
+import plots
 from train_validation_test import get_classification_metrics
 
 
@@ -69,12 +70,17 @@ def test_fused_batch_norm_matches_keras_batch_normalization():
         # Training: normalised with the batch's statistics, moving averages updated.
         np.testing.assert_allclose(fused(images, training=True),
                                    reference(images, training=True), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(fused.moving_mean, reference.moving_mean, rtol=1e-5, atol=1e-6)
-    # The fused kernel's variance carries Bessel's correction n / (n - 1), n = 8 * 5 * 5.
-    n = 8 * 5 * 5
-    expected_variance = 0.9 ** 3 + (reference.moving_variance - 0.9 ** 3) * n / (n - 1)
+    # Keras' moving averages start from mean 0 and variance 1, which after three updates
+    # still weigh 0.9^3; the fused layer's are bias-corrected (no initial value), and its
+    # variance carries Bessel's correction n / (n - 1), n = 8 * 5 * 5 values per channel.
+    start, n = 0.9 ** 3, 8 * 5 * 5
+    np.testing.assert_allclose(fused.moving_mean, reference.moving_mean / (1 - start),
+                               rtol=1e-5, atol=1e-6)
+    expected_variance = (reference.moving_variance - start) / (1 - start) * n / (n - 1)
     np.testing.assert_allclose(fused.moving_variance, expected_variance, rtol=1e-4)
+    assert float(fused.updates.numpy()) == 3
     # Inference: normalised with the moving statistics, which stay as they are.
+    fused.moving_mean.assign(reference.moving_mean)
     fused.moving_variance.assign(reference.moving_variance)
     moving_mean = fused.moving_mean.numpy()
     np.testing.assert_allclose(fused(images, training=False),
@@ -115,17 +121,40 @@ def _decode_png(data):
     return image
 
 
+def test_fused_batch_norm_starts_its_moving_statistics_from_the_first_batch():
+    layer = model_module.FusedBatchNorm(momentum=0.9)
+    images = np.random.default_rng(2).normal(3.0, 0.01, size=(16, 4, 4, 2)).astype("float32")
+    layer(images, training=True)
+    # One update: exactly that batch's statistics, not 0.9 of the initial (0, 1).
+    np.testing.assert_allclose(layer.moving_mean, images.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance, images.var(axis=(0, 1, 2), ddof=1),
+                               rtol=1e-3)
+
+
 @pytest.mark.parametrize("epochs", [1, 2, 50])
 def test_loss_accuracy_plot_is_a_png_for_short_and_long_histories(epochs):
-    image = _decode_png(cp_utils.loss_acc_visualizer(_history(epochs)))
+    image = _decode_png(plots.loss_acc_visualizer(_history(epochs)))
     assert image[..., :3].std() > 0.05  # something was drawn
+
+
+def test_a_one_epoch_plot_labels_each_point_with_its_value():
+    history = _history(1)
+    figure = plots.loss_acc_figure(history)
+    labels = sorted(text.get_text() for axes in figure.axes for text in axes.texts)
+    row = history[0]
+    assert labels == sorted([
+        f"train loss {row['train_loss']:.4f}", f"validation loss {row['val_loss']:.4f}",
+        f"train accuracy {100 * row['train_accuracy']:.2f}%",
+        f"validation accuracy {100 * row['val_accuracy']:.2f}%"])
+    # With more epochs the curves speak for themselves.
+    assert not [text for axes in plots.loss_acc_figure(_history(2)).axes for text in axes.texts]
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
 def test_confusion_matrix_plot_is_a_png(dataset):
     matrix = np.diag(np.full(10, 500)) + np.random.default_rng(0).integers(0, 5, (10, 10))
     names = dataset_utils.CLASS_NAMES[dataset]
-    _decode_png(cp_utils.confusion_matrix_visualizer(matrix, names, "epoch 3 (98.00%)"))
+    _decode_png(plots.confusion_matrix_visualizer(matrix, names, "epoch 3 (98.00%)"))
 
 
 def test_metrics_files_are_built_from_history():
@@ -141,11 +170,13 @@ def test_metrics_files_are_built_from_history():
 
 def test_reporter_shows_all_six_numbers():
     row = _history(2)[1]
-    text = basic_utils.training_reporter(row, total_epochs=12)
-    assert text.startswith("Epoch  2/12")
-    for label in ("train", "validation", "test"):
-        assert label in text
-    assert f"{100 * row['val_accuracy']:.2f}%" in text
+    text = basic_utils.training_reporter(row, total_epochs=12, timing={"train": 0.5})
+    assert text.splitlines() == [
+        "Epoch  2/12  (1.0 s: train 0.5 s)",
+        f"  train       loss {row['train_loss']:.4f}  accuracy {100 * row['train_accuracy']:6.2f}%",
+        f"  validation  loss {row['val_loss']:.4f}  accuracy {100 * row['val_accuracy']:6.2f}%",
+        f"  test        loss {row['test_loss']:.4f}  accuracy {100 * row['test_accuracy']:6.2f}%",
+    ]
 
 
 def test_resume_command_drops_overwrite():

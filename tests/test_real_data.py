@@ -3,7 +3,7 @@
 import json
 
 import dataset_utils
-import learning_env_setting
+import settings
 import training_loop
 
 
@@ -16,7 +16,7 @@ def test_brief_training_on_real_digits_reaches_95_percent(real_mnist_dir, tmp_pa
         full.test_images[:2000], full.test_labels[:2000],
         source="idx-subset", description="first 6,000 train / 2,000 test real MNIST digits",
     )
-    config = learning_env_setting.Config(epochs=3, run_dir=str(tmp_path / "run"))
+    config = settings.make_config(epochs=3, run_dir=str(tmp_path / "run"))
     messages = []
     assert training_loop.run(config, raw=subset, out=messages.append, arguments=[]) == 0
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]

@@ -5,7 +5,6 @@ two runs share) and on the final weights, byte for byte.
 """
 
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -16,10 +15,7 @@ import numpy as np
 import pytest
 
 import helpers
-import main
-from conftest import REPO_ROOT
-
-MAIN = str(REPO_ROOT / "code" / "main.py")
+from helpers import MAIN, assert_same_run
 
 
 def arguments(data_dir, run_dir, epochs=3, every=5):
@@ -27,42 +23,17 @@ def arguments(data_dir, run_dir, epochs=3, every=5):
             "--batch-size", 16, "--checkpoint-every-steps", every]
 
 
-def environment(**extra):
-    return dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3", **extra)
-
-
 def run_to_end(args, **extra_env):
-    result = subprocess.run([sys.executable, MAIN, *map(str, args)], capture_output=True,
-                            text=True, env=environment(**extra_env), timeout=600)
+    result = helpers.run_main_process(args, **extra_env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
 def run_in_process(capsys, args):
     """The same command in this process (TensorFlow is already loaded: much faster)."""
-    code = main.main([str(argument) for argument in args])
-    captured = capsys.readouterr()
-    assert code == 0, captured.out + captured.err
-    return captured.out
-
-
-def metrics_without_seconds(run_dir):
-    lines = (pathlib.Path(run_dir) / "metrics.csv").read_text().splitlines()
-    return [",".join(line.split(",")[:-1]) for line in lines]
-
-
-def final_weights(run_dir):
-    latest = (pathlib.Path(run_dir) / "LATEST").read_text().strip()
-    with np.load(pathlib.Path(run_dir) / latest / "checkpoint") as archive:
-        return {key: archive[key] for key in archive.files if key.startswith(("model/", "optimizer/"))}
-
-
-def assert_same_run(run_a, run_b):
-    assert metrics_without_seconds(run_a) == metrics_without_seconds(run_b)
-    weights_a, weights_b = final_weights(run_a), final_weights(run_b)
-    assert weights_a.keys() == weights_b.keys()
-    for key in weights_a:
-        np.testing.assert_array_equal(weights_a[key], weights_b[key], err_msg=key)
+    code, out, err = helpers.run_main(capsys, *args)
+    assert code == 0, out + err
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +110,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(data_dir, refere
         pause = {"MNIST_TRAINER_WRITE_PAUSE": "0.2"} if kind != "random" else {}
         before = _inode(checkpoint)
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   env=environment(**pause))
+                                   env=helpers.environment(**pause))
         if kind == "random":
             # Checkpoints are written to a new file and renamed over the old one: a new inode.
             under_way = lambda: _inode(checkpoint) not in (None, before)
@@ -163,30 +134,28 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(data_dir, refere
 def test_sigterm_mid_epoch_checkpoints_and_resumes_at_the_next_step(data_dir, reference, tmp_path,
                                                                     capsys):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, MAIN, *map(str, arguments(data_dir, run_dir, every=0))],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=environment())
+    process = helpers.start_main(arguments(data_dir, run_dir, every=0))
+    # The program prints "Model:" once it handles SIGTERM itself; it then stops after the
+    # step under way, here the first.
     for line in process.stdout:
         if line.startswith("Model:"):
             break
-    time.sleep(1.5)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
-    assert "checkpointed after step" in out and "Resume with: python" in out
+    assert "epoch 1 is checkpointed after step 1 of 34" in out and "Resume with: python" in out
     assert (run_dir / "in_progress.checkpoint").exists()
     # The checkpoint keeps the epoch's training time so far; a resumed epoch adds it to
     # its own. Set to 1000 s here, so that the sum cannot be mistaken for the resumed part.
     checkpoint = run_dir / "in_progress.checkpoint"
-    with np.load(checkpoint) as archive:
-        contents = {key: archive[key] for key in archive.files}
-    stopped_epoch = int(contents["epoch"])
-    assert float(contents["seconds"]) > 0
-    contents["seconds"] = np.array(1000.0)
+    contents = helpers.checkpoint_arrays(checkpoint)
+    stopped_epoch = int(contents["state/epoch"])
+    assert float(contents["state/seconds"]) > 0
+    contents["state/seconds"] = np.array(1000.0)
     with open(checkpoint, "wb") as handle:
         np.savez(handle, **contents)
     output = run_in_process(capsys, arguments(data_dir, run_dir, every=0))
-    assert " at step " in output
+    assert "starting epoch 1 at step 2 of 34" in output
     assert not (run_dir / "in_progress.checkpoint").exists()
     assert_same_run(reference, run_dir)
     # The resumed epoch's time includes its training before the stop.

@@ -1,0 +1,106 @@
+"""config.json: the record of what a run is (settings, data, format, library versions), and the
+rule for which later invocations may continue it.
+
+A run directory keeps one record. An invocation that would compute something else than
+the run so far (another setting in `settings.RESULT_SETTINGS`, other data, another format
+of this program) is refused with every difference listed; other library versions or
+kernels only earn a note, since the run then continues correctly but not bit-identically.
+This module imports no TensorFlow.
+"""
+
+import dataclasses
+import json
+
+import settings
+from basic_utils import UserError
+
+PROGRAM = "mnist-trainer"
+# What this program writes into a run directory (config.json, checkpoints, folder names).
+# A run directory of any other format is refused, never converted.
+FORMAT_VERSION = 1
+# The data a record's results depend on; compared like the result settings.
+DATA_KEYS = ("data_source", "data_fingerprint")
+
+
+def make_record(config, data_info, versions):
+    """The dictionary saved as config.json: settings, data source and library versions."""
+    record = dataclasses.asdict(config)
+    record.pop("overwrite")  # how this invocation started, not what the run is
+    record.update(
+        program=PROGRAM,
+        format_version=FORMAT_VERSION,
+        data_source=data_info["source"],
+        data_description=data_info["description"],
+        data_fingerprint=data_info["fingerprint"],
+        num_train=data_info["num_train"],
+        num_validation=data_info["num_validation"],
+        num_test=data_info["num_test"],
+        class_names=list(data_info["class_names"]),
+        versions=versions,
+    )
+    return record
+
+
+def read_record(path):
+    """The record saved at `path`; None when the file is not one this program wrote (a
+    user's own config.json). Raises `UserError` when the file cannot be parsed."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"{path} is unreadable ({error}); fix it, pass another --run-dir, or start "
+            "over with --overwrite.") from None
+    if not isinstance(saved, dict):
+        return None
+    # Versions of this program before FORMAT_VERSION wrote no "program" key, but these
+    # four: such a directory is recognised as a run, so that it can be refused clearly.
+    if saved.get("program") == PROGRAM or {"model", "seed", "batch_size", "epochs"} <= saved.keys():
+        return saved
+    return None
+
+
+def differences(saved, current):
+    """The result settings and data that differ between two records, as 'name: old -> new'."""
+    changed = []
+    for name in settings.RESULT_SETTINGS:
+        if saved[name] != current[name]:
+            changed.append(f"{name}: {saved[name]!r} -> {current[name]!r}")
+    if any(saved[name] != current[name] for name in DATA_KEYS):
+        changed.append(f"data: {describe_data(saved)} -> {describe_data(current)}")
+    return changed
+
+
+def describe_data(record):
+    """Which data a record was made with, e.g. "IDX files in /data/mnist, 60,000 training
+    and 10,000 test images (fingerprint 1e35a0f2)"."""
+    return (f"{record['data_description']}, "
+            f"{record['num_train'] + record['num_validation']:,} training and "
+            f"{record['num_test']:,} test images "
+            f"(fingerprint {record['data_fingerprint'][:8]})")
+
+
+def version_differences(saved, current):
+    """The library versions, kernels setting and device that differ, as 'name old -> new'.
+
+    They do not stop a resume (the run continues correctly), but end bit-identity with a
+    run that never stopped.
+    """
+    old, new = saved["versions"], current["versions"]
+    return [f"{name} {old.get(name, 'unrecorded')} -> {value}"
+            for name, value in new.items() if old.get(name, "unrecorded") != value]
+
+
+def check_compatible(path, saved, current):
+    """Refuse to continue the run in `path` (record `saved`) with record `current`."""
+    if saved.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{path} was made by another version of this program (format "
+            f"{saved.get('format_version', 'unrecorded')}; this version reads format "
+            f"{FORMAT_VERSION}), so it cannot be resumed; its results stay as they are. "
+            "Pass another --run-dir, or start over with --overwrite.")
+    changed = differences(saved, current)
+    if changed:
+        raise UserError(
+            f"{path} was made with other settings ({'; '.join(changed)}). Rerun with the "
+            "old settings, pass another --run-dir, or start over with --overwrite.")
