@@ -67,6 +67,11 @@ DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 PACKAGED_TEST_SIZE = 1000
 NETWORK_PROBE_SECONDS = 3.0
 EVAL_BATCH_SIZE = 1000
+# Augmentation: mild enough that every digit stays itself (no flips, which would turn digits
+# into other symbols), strong enough to keep the network from memorising the training set.
+MAX_ROTATION_DEGREES = 10.0
+MAX_ZOOM = 0.1
+MAX_SHIFT = 2.0
 
 
 @dataclasses.dataclass
@@ -394,8 +399,9 @@ def keep_on_gpu():
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def augment_batch(images, seed, max_rotation_degrees=10.0, max_zoom=0.1, max_shift=2.0):
-    """Randomly rotate, zoom and shift each image of a float batch [B, 28, 28, 1].
+def augment_batch(images, seed):
+    """Randomly rotate (up to MAX_ROTATION_DEGREES), zoom (up to MAX_ZOOM of the size) and
+    shift (up to MAX_SHIFT pixels) each image of a float batch [B, 28, 28, 1].
 
     Draws come from `tf.random.stateless_uniform` with `seed` (shape [2], int64), so the
     same seed always gives the same images. One projective transform per image maps each
@@ -405,9 +411,9 @@ def augment_batch(images, seed, max_rotation_degrees=10.0, max_zoom=0.1, max_shi
 
     batch = tf.shape(images)[0]
     draws = tf.random.stateless_uniform([batch, 4], seed=seed, minval=-1.0, maxval=1.0)
-    angle = draws[:, 0] * (max_rotation_degrees * math.pi / 180.0)
-    scale = 1.0 + draws[:, 1] * max_zoom
-    shift_x, shift_y = draws[:, 2] * max_shift, draws[:, 3] * max_shift
+    angle = draws[:, 0] * (MAX_ROTATION_DEGREES * math.pi / 180.0)
+    scale = 1.0 + draws[:, 1] * MAX_ZOOM
+    shift_x, shift_y = draws[:, 2] * MAX_SHIFT, draws[:, 3] * MAX_SHIFT
     center = (IMAGE_SIZE - 1) / 2.0
     a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
     b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale

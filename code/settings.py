@@ -22,7 +22,8 @@ MODELS = {
     # The original project's network (model.SeedClassifier), which has no hyperparameters.
     "seed": None,
 }
-OPTIMIZERS = ("adam", "sgd")
+# --optimizer -> the Keras optimizer class it names (keras.optimizers.<class>).
+OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}
 SCHEDULES = ("one-cycle", "constant")
 # float32 throughout, or float16 arithmetic with float32 weights and loss scaling
 # ("mixed"); "auto" is resolved by `resolve_precision` before a run starts.
@@ -38,8 +39,7 @@ PRESETS = {
         "learning_rate": 3e-3, "schedule": "one-cycle", "validation_fraction": 0.1,
         "augment": True, "clean_epochs": 2, "weight_average": 0.999,
     },
-    # The shortest way to 99 % test accuracy: the smaller network, two epochs, no
-    # augmentation.
+    # A short recipe: the smaller network for two epochs, without augmentation.
     "fast": {
         "model": "convnet-fast", "epochs": 2, "batch_size": 128, "optimizer": "adam",
         "learning_rate": 1e-2, "schedule": "one-cycle", "validation_fraction": 0.1,

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 import model as model_module
+import settings
 from basic_utils import Diverged
 
 
@@ -62,12 +63,6 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-# --optimizer -> its Keras class. Each optimizer gets its name explicitly: Keras numbers
-# the names it makes up per process (adam, adam_1, ...), and its variables' names start
-# with it.
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
-
-
 def make_optimizer(config, steps_per_epoch):
     """The optimizer of `config` (precision resolved): Adam or plain SGD, one-cycle or
     constant learning rate.
@@ -81,7 +76,10 @@ def make_optimizer(config, steps_per_epoch):
     """
     rate = (OneCycle(config.learning_rate, config.epochs * steps_per_epoch)
             if config.schedule == "one-cycle" else config.learning_rate)
-    optimizer = OPTIMIZERS[config.optimizer](learning_rate=rate, name=config.optimizer)
+    # An explicit name: Keras numbers the names it makes up per process (adam, adam_1, ...),
+    # and the optimizer's variables' names start with it.
+    optimizer_class = getattr(keras.optimizers, settings.OPTIMIZERS[config.optimizer])
+    optimizer = optimizer_class(learning_rate=rate, name=config.optimizer)
     if config.precision == "mixed":
         return keras.optimizers.LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
     if config.precision != "float32":

@@ -33,12 +33,12 @@ import train_validation_test
 class Run:
     """What the epochs of one invocation share, besides the training state they advance."""
 
-    config: settings.Config  # precision resolved
+    config: settings.Config  # with --precision resolved once the run directory is read
     data: dataset_utils.MnistData
     directory: learning_env_setting.RunDirectory
-    record: dict  # config.json
     out: object  # print, or what a test collects lines with
     resume_command: str  # what a failed write or a stop tells the user to run
+    record: dict = None  # config.json
     steps: train_validation_test.Steps = None
     stop_signal: basic_utils.StopSignal = None
     saved: str = "nothing"  # the newest state on disk, in words, for a divergence message
@@ -51,35 +51,36 @@ def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
     arguments, used to print the command that resumes after an interruption.
     """
     data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out)
-    path = learning_env_setting.run_dir_path(config, data.info["source"])
-    directory = learning_env_setting.dir_setting(path, config.overwrite)
+    directory = learning_env_setting.dir_setting(
+        learning_env_setting.run_dir_path(config, data.info["source"]), config.overwrite)
     try:
-        return _run_in(directory, config, data, out, basic_utils.resume_command(script, arguments))
+        return _run_in(Run(config, data, directory, out,
+                           basic_utils.resume_command(script, arguments)))
     finally:
         directory.close()
 
 
-def _run_in(directory, config, data, out, resume_command):
-    out(f"Run directory: {directory.path}")
+def _run_in(run):
+    """Check what this invocation may do in the opened run directory, then train."""
+    directory, info = run.directory, run.data.info
+    run.out(f"Run directory: {directory.path}")
     saved = directory.saved_record
     # --precision auto becomes float32 or mixed here, before any comparison or record.
-    config = dataclasses.replace(config, precision=settings.resolve_precision(
-        config.precision, saved and saved.get("precision"),
+    run.config = dataclasses.replace(run.config, precision=settings.resolve_precision(
+        run.config.precision, saved and saved.get("precision"),
         bool(tf.config.list_physical_devices("GPU"))))
-    run = Run(config, data, directory, run_record.make_record(config, data.info,
-                                                              library_versions()),
-              out, resume_command)
+    run.record = run_record.make_record(run.config, info, library_versions())
     if saved is not None:
         _check_continuation(run, saved)
-    if directory.latest_epoch >= config.epochs:
+    if directory.latest_epoch >= run.config.epochs:
         _report_complete(run)
         return 0
     with _disk_errors(run):
         removed = directory.remove_temporaries()
     if removed:
-        out(f"Removed half-written files from an interrupted run: {', '.join(removed)}")
-    out(f"Data: {data.info['description']}: {data.info['num_train']:,} train, "
-        f"{data.info['num_validation']:,} validation, {data.info['num_test']:,} test images.")
+        run.out(f"Removed half-written files from an interrupted run: {', '.join(removed)}")
+    run.out(f"Data: {info['description']}: {info['num_train']:,} train, "
+            f"{info['num_validation']:,} validation, {info['num_test']:,} test images.")
     # From here on SIGINT and SIGTERM stop the run after its next step, with a checkpoint.
     run.stop_signal = basic_utils.StopSignal()
     try:
@@ -219,54 +220,19 @@ def _train_epochs(run, state):
 
 
 def _one_epoch(run, state):
-    """Train, validate, test and publish the epoch `state` is in, from its next step.
-
-    Every `--checkpoint-every-steps` steps, and when SIGINT/SIGTERM arrived, the state after
-    the step is written to the mid-epoch checkpoint; after a signal the epoch then stops
-    with `StopRequested`. A signal that arrives after training (during validation, test or
-    saving) lets the epoch finish first.
-    """
-    data, every, epoch = run.data, run.config.checkpoint_every_steps, state.epoch
-    timing, clock = {}, time.perf_counter()
-    earlier = state.seconds  # training time of this epoch before an interruption
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        timing[name] = now - clock
-        clock = now
-
-    def after_step(sums):
-        stopping = run.stop_signal.received is not None
-        step = state.step + 1
-        save = (stopping or (every and step % every == 0)) and step < data.steps_per_epoch
-        if save:
-            state.check_finite()
-        state.step, state.train_sums = step, sums.copy()
-        state.seconds = earlier + time.perf_counter() - clock
-        if save:
-            data_bytes = cp_utils.checkpoint_bytes(state, run.record)
-            with _disk_errors(run):
-                cp_utils.save_in_progress(run.directory.path, data_bytes)
-            run.saved = f"the mid-epoch checkpoint after step {state.step} of epoch {epoch}"
-        if stopping:
-            run.stop_signal.check(f"; epoch {epoch} is checkpointed after step {state.step} "
-                                  f"of {data.steps_per_epoch}")
-
-    train = train_validation_test.go_train(
-        run.steps, data.train_batches(epoch, skip=state.step), sums=state.train_sums,
-        after_step=after_step, num_classes=len(data.class_names))
-    lap("train")
-    timing["train"] += earlier
+    """Train, validate, test and publish the epoch `state` is in, from its next step."""
+    epoch, num_classes = state.epoch, len(run.data.class_names)
+    laps = _Laps()
+    train = _train_rest_of_epoch(run, state, laps)
     with state.evaluation_weights():
         validation = train_validation_test.go_validation(
-            run.steps, data.validation_batches(), len(data.class_names))
-        lap("validation")
-        test = train_validation_test.go_test(run.steps, data.test_batches(),
-                                             len(data.class_names))
-        lap("test")
-    if train_validation_test.diverged(validation["loss"], len(data.class_names)):
+            run.steps, run.data.validation_batches(), num_classes)
+        laps.lap("validation")
+        test = train_validation_test.go_test(run.steps, run.data.test_batches(), num_classes)
+        laps.lap("test")
+    if train_validation_test.diverged(validation["loss"], num_classes):
         raise basic_utils.Diverged(f"its validation loss was {validation['loss']:.4g}")
+    state.check_finite()
     row = {
         "epoch": epoch,
         "train_loss": train["loss"],
@@ -275,28 +241,84 @@ def _one_epoch(run, state):
         "val_accuracy": validation["accuracy"],
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
-        "seconds": sum(timing.values()),
+        "seconds": sum(laps.timing.values()),
     }
-    state.check_finite()
-    run.out(basic_utils.training_reporter(row, run.config.epochs, timing))
+    run.out(basic_utils.training_reporter(row, run.config.epochs, laps.timing))
     state.finish_epoch(row)
+    _publish_epoch(run, state, row, validation["confusion_matrix"], laps)
+
+
+class _Laps:
+    """Seconds per phase of an epoch, each measured from the end of the one before."""
+
+    def __init__(self):
+        self.timing, self._clock = {}, time.perf_counter()
+
+    def lap(self, name, earlier=0.0):
+        """End phase `name`; `earlier` adds time spent on it before an interruption."""
+        now = time.perf_counter()
+        self.timing[name] = now - self._clock + earlier
+        self._clock = now
+
+    def elapsed(self):
+        return time.perf_counter() - self._clock
+
+
+def _train_rest_of_epoch(run, state, laps):
+    """`go_train` from the state's next step to the end of its epoch; returns its result.
+
+    Every `--checkpoint-every-steps` steps, and when SIGINT/SIGTERM arrived, the state after
+    the step is written to the mid-epoch checkpoint; after a signal the epoch then stops
+    with `StopRequested`. A signal that arrives after training (during validation, test or
+    saving) lets the epoch finish first.
+    """
+    data, every, epoch = run.data, run.config.checkpoint_every_steps, state.epoch
+    earlier = state.seconds  # training time of this epoch before an interruption
+
+    def after_step(sums):
+        stopping = run.stop_signal.received is not None
+        step = state.step + 1
+        save = (stopping or (every and step % every == 0)) and step < data.steps_per_epoch
+        if save:
+            state.check_finite()
+        state.step, state.train_sums = step, sums.copy()
+        state.seconds = earlier + laps.elapsed()
+        if save:
+            checkpoint = cp_utils.checkpoint_bytes(state, run.record)
+            with _disk_errors(run):
+                cp_utils.save_in_progress(run.directory.path, checkpoint)
+            run.saved = f"the mid-epoch checkpoint after step {step} of epoch {epoch}"
+        if stopping:
+            run.stop_signal.check(f"; epoch {epoch} is checkpointed after step {step} of "
+                                  f"{data.steps_per_epoch}")
+
+    train = train_validation_test.go_train(
+        run.steps, data.train_batches(epoch, skip=state.step), sums=state.train_sums,
+        after_step=after_step, num_classes=len(data.class_names))
+    laps.lap("train", earlier)
+    return train
+
+
+def _publish_epoch(run, state, row, confusion_matrix, laps):
+    """Render the finished epoch's checkpoint and PNGs, then publish its folder."""
+    epoch, class_names = row["epoch"], run.data.class_names
     title = (f"Validation confusion matrix, epoch {epoch} "
-             f"(accuracy {100 * validation['accuracy']:.2f}%)")
+             f"(accuracy {100 * row['val_accuracy']:.2f}%)")
     files = {
         run_layout.CHECKPOINT_FILE: cp_utils.checkpoint_bytes(state, run.record),
         run_layout.CONFUSION_MATRIX_FILE: plots.confusion_matrix_visualizer(
-            validation["confusion_matrix"], data.class_names, title),
+            confusion_matrix, class_names, title),
         run_layout.LOSS_ACCURACY_FILE: plots.loss_acc_visualizer(state.history),
         run_layout.EPOCH_METRICS_FILE: cp_utils.epoch_metrics_json(
-            row, validation["confusion_matrix"], data.class_names).encode("utf-8"),
+            row, confusion_matrix, class_names).encode("utf-8"),
     }
-    lap("render")
+    laps.lap("render")
     with _disk_errors(run):
         folder = cp_utils.save_losses_model(run.directory.path, epoch, files, state.history)
     run.saved = f"epoch {epoch} ({folder})"
-    lap("save")
-    run.out(f"  saved {folder} (plots and checkpoint rendered in {timing['render']:.1f} s, "
-            f"written in {timing['save']:.2f} s)")
+    laps.lap("save")
+    run.out(f"  saved {folder} (plots and checkpoint rendered in {laps.timing['render']:.1f} "
+            f"s, written in {laps.timing['save']:.2f} s)")
 
 
 def library_versions():

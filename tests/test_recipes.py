@@ -69,8 +69,10 @@ def test_one_cycle_rises_then_falls_to_almost_zero():
     assert peak_at == 200  # 20 % warm-up
     assert np.all(np.diff(rates[: peak_at // 10 + 1]) > 0)
     assert np.all(np.diff(rates[peak_at // 10:]) < 0)
-    assert rates[-1] == pytest.approx(1e-5)
-    assert float(schedule(5000)) == pytest.approx(1e-5)  # kept after the end
+    # At the end the cosine is cos(pi) = -1; float32 rounds cos near pi by a few units of
+    # 2^-24, which moves the floor by about 10^-9, 10^-4 of it.
+    assert rates[-1] == pytest.approx(1e-5, rel=1e-4)
+    assert float(schedule(5000)) == pytest.approx(1e-5, rel=1e-4)  # kept after the end
 
 
 def test_optimizer_follows_the_config():
