@@ -41,7 +41,7 @@ class Run:
     record: dict = None  # config.json
     steps: train_validation_test.Steps = None
     stop_signal: basic_utils.StopSignal = None
-    saved: str = "nothing"  # the newest state on disk, in words, for a divergence message
+    saved: str = ""  # the newest state on disk, in words, for a divergence message
 
 
 def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
@@ -204,13 +204,14 @@ def _train_epochs(run, state):
                 f"Resume with: {run.resume_command}")
         return 128 + stop.signal_number
     except basic_utils.Diverged as problem:
+        kept = (f"{run.saved} stays the newest state of {run.directory.path}" if run.saved
+                else f"{run.directory.path} holds no checkpoint of this run yet")
         raise basic_utils.UserError(
             f"training diverged in epoch {state.epoch} at step "
-            f"{min(state.step + 1, run.data.steps_per_epoch)} of "
-            f"{run.data.steps_per_epoch}: {problem}. Such weights are never saved: "
-            f"{run.saved} stays the newest state of {run.directory.path}. Lower "
-            f"--learning-rate (it is {config.learning_rate:g}) and start over with "
-            "--overwrite or another --run-dir.") from None
+            f"{min(state.step + 1, run.data.steps_per_epoch)} of {run.data.steps_per_epoch}: "
+            f"{problem}. Nothing computed since is saved; {kept}. Lower --learning-rate (it "
+            f"is {config.learning_rate:g}) and start over with --overwrite or another "
+            "--run-dir.") from None
     best = max(state.history, key=lambda row: row["val_accuracy"])
     run.out(f"Done: {_count(config.epochs, 'epoch')}. Final test accuracy "
             f"{100 * state.history[-1]['test_accuracy']:.2f}%; best validation accuracy "

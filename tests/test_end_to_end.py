@@ -185,7 +185,8 @@ def test_divergence_stops_the_run_and_publishes_nothing(tiny_dir, tmp_path, caps
                               "--epochs", 2, "--batch-size", 16, "--optimizer", "sgd",
                               "--schedule", "constant", "--learning-rate", "1e30")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "training diverged in epoch 1 at step" in err
+    assert "training diverged in epoch 1 at step 2 of 17: its training loss was" in err
+    assert f"{run_dir} holds no checkpoint of this run yet" in err
     assert "Lower --learning-rate (it is 1e+30)" in err
     assert "Epoch 1/2" not in out
     assert sorted(os.listdir(run_dir)) == ["config.json"]
