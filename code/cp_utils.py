@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 
 import numpy as np
 
@@ -75,7 +76,8 @@ def atomic_write(path, data):
 
 
 class CheckpointError(Exception):
-    """A checkpoint file that cannot be read or does not fit the training state."""
+    """A checkpoint file that cannot be read or does not fit the training state; the
+    message says why, the caller names the file."""
 
 
 def checkpoint_bytes(state, record):
@@ -125,15 +127,19 @@ def read_checkpoint(path, state):
     CRC-32 checks catch flipped bytes), was written by another format, or does not hold
     exactly the state's variables, by name, with their shapes and types.
     """
+    if not os.path.exists(path):
+        raise CheckpointError("the file is missing")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError("it is not a checkpoint archive (damaged or replaced)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             contents = {key: archive[key] for key in archive.files}
     except Exception as error:  # zipfile, OSError, ValueError: all mean "unreadable"
-        raise CheckpointError(f"{path} is unreadable ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"it is unreadable ({type(error).__name__}: {error})") from None
     written = contents.get("format_version")
     if written is None or int(written) != run_record.FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by another version of this program "
-                              f"(format {'unrecorded' if written is None else int(written)})")
+        raise CheckpointError("it was written by another version of this program (format "
+                              f"{'unrecorded' if written is None else int(written)})")
     variables = state.named_variables()
     stored = {key for key in contents if key.split("/", 1)[0] in VARIABLE_GROUPS}
     missing, extra = sorted(variables.keys() - stored), sorted(stored - variables.keys())
@@ -141,14 +147,14 @@ def read_checkpoint(path, state):
         problems = ([f"{len(missing)} of the state's are missing (first: {missing[0]})"]
                     if missing else [])
         problems += [f"{len(extra)} are not the state's (first: {extra[0]})"] if extra else []
-        raise CheckpointError(f"{path} holds other variables than this network, optimizer "
-                              f"and weight average: {'; '.join(problems)}")
+        raise CheckpointError("it holds other variables than this network, optimizer and "
+                              f"weight average: {'; '.join(problems)}")
     for name, variable in variables.items():
         value, dtype = contents[name], _numpy_dtype(variable)
         if tuple(value.shape) != tuple(variable.shape) or value.dtype != dtype:
             raise CheckpointError(
-                f"{path}: {name} is {value.dtype}{list(value.shape)}, the state's "
-                f"variable is {dtype}{list(variable.shape)}")
+                f"{name} is {value.dtype}{list(value.shape)} in it, the state's variable is "
+                f"{dtype}{list(variable.shape)}")
     try:
         return Checkpoint(
             values={name: contents[name] for name in variables},
@@ -160,7 +166,7 @@ def read_checkpoint(path, state):
             record=json.loads(str(contents["config"])),
         )
     except (KeyError, ValueError) as error:
-        raise CheckpointError(f"{path} lacks or garbles {error}") from None
+        raise CheckpointError(f"it lacks or garbles {error}") from None
 
 
 def apply_checkpoint(checkpoint, state):

@@ -25,6 +25,7 @@ import urllib.parse
 
 import numpy as np
 
+import settings
 from basic_utils import UserError
 
 IMAGE_MAGIC = 2051
@@ -466,7 +467,8 @@ class MnistData:
     batch_size: int
     seed: int
     augment: bool
-    # Epochs from this one (1-based) on train on the images as they are (None: never).
+    # Epochs from this one (1-based) on train on the images as they are (None: never;
+    # settings.first_clean_epoch).
     clean_from_epoch: int | None = None
     _eval_cache: dict = dataclasses.field(default_factory=dict)
     _tensor_cache: dict = dataclasses.field(default_factory=dict)
@@ -595,6 +597,5 @@ def load_processing_mnist(config, raw=None, announce=print):
         batch_size=config.batch_size,
         seed=config.seed,
         augment=config.augment,
-        clean_from_epoch=(config.epochs - config.clean_epochs + 1
-                          if config.augment and config.clean_epochs else None),
+        clean_from_epoch=settings.first_clean_epoch(config),
     )

@@ -68,7 +68,8 @@ def build_parser():
                         help="network " + _preset_help("model"))
     parser.add_argument("--epochs", type=integer, default=keep,
                         help="total epochs of the run; a larger value extends a finished run "
-                             "(a one-cycle schedule is then re-planned over the new length) "
+                             "(a one-cycle schedule is then re-planned over the new length, "
+                             "and the clean epochs move to its end) "
                              + _preset_help("epochs"))
     parser.add_argument("--batch-size", type=integer, default=keep,
                         help="training batch size " + _preset_help("batch_size"))

@@ -101,7 +101,8 @@ class Config:
         _check_integer("--epochs", self.epochs, minimum=1)
         _check_integer("--batch-size", self.batch_size, minimum=1)
         _check_integer("--clean-epochs", self.clean_epochs, minimum=0)
-        _check_integer("--seed", self.seed, minimum=0)
+        # The largest seed NumPy and TensorFlow's global generators take.
+        _check_integer("--seed", self.seed, minimum=0, maximum=2 ** 32 - 1)
         _check_integer("--checkpoint-every-steps", self.checkpoint_every_steps, minimum=0)
         _check_number("--learning-rate", self.learning_rate,
                       lambda value: 0 < value < math.inf, "a positive number")
@@ -109,6 +110,9 @@ class Config:
                       lambda value: 0 < value < 1, "a number between 0 and 1 (exclusive)")
         _check_number("--weight-average", self.weight_average, lambda value: 0 <= value < 1,
                       "a number from 0 (off) up to, not including, 1")
+        for flag, path in (("--data-dir", self.data_dir), ("--run-dir", self.run_dir)):
+            if path is not None and not path.strip():
+                raise UserError(f"{flag} is empty; pass a folder (or leave the flag out).")
         if self.xla and self.deterministic:
             raise UserError(
                 "--xla needs --no-determinism: XLA has no deterministic gradient of "
@@ -121,9 +125,15 @@ def _check_choice(flag, value, choices):
         raise UserError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}.")
 
 
-def _check_integer(flag, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+def _check_integer(flag, value, minimum, maximum=None):
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        if maximum is not None:
+            wanted = f"an integer from {minimum} to {maximum}"
+        elif minimum == 1:
+            wanted = "a positive integer"
+        else:
+            wanted = f"an integer of at least {minimum}"
         raise UserError(f"{flag} must be {wanted}, got {value!r}.")
 
 
@@ -139,13 +149,23 @@ def make_config(preset="standard", **settings):
     return Config(preset=preset, **{**PRESETS[preset], **settings})
 
 
+def first_clean_epoch(config):
+    """The first (1-based) epoch that trains on the images as they are, or None when every
+    epoch is augmented or none is (`--clean-epochs` counts back from `--epochs`, so
+    extending a run moves the clean epochs to its new end)."""
+    if not (config.augment and config.clean_epochs):
+        return None
+    return max(1, config.epochs - config.clean_epochs + 1)
+
+
 def describe_augmentation(config):
     """The run's augmentation in words, e.g. 'on (off in the last 2 epochs)'."""
     if not config.augment:
         return "off"
-    if not config.clean_epochs:
+    clean_from = first_clean_epoch(config)
+    if clean_from is None:
         return "on"
-    if config.clean_epochs >= config.epochs:
+    if clean_from == 1:
         return f"off (--clean-epochs {config.clean_epochs} covers all {config.epochs} epochs)"
     return f"on (off in the last {config.clean_epochs} epochs)"
 

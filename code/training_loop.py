@@ -1,7 +1,8 @@
 """The per-epoch loop: load the data, open the run directory, build or restore the state, train, report.
 
-`run(config)` is what `main.py` calls. It is the only place that prints or writes during
-training: steps return numbers, `basic_utils` formats them and `cp_utils` persists them.
+`run(config)` is what `main.py` calls. It decides everything that is printed or written
+during a run: the steps return numbers, `basic_utils` formats them, `cp_utils` and `plots`
+turn them into files when the loop says so.
 """
 
 import contextlib
@@ -9,6 +10,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 
 import keras
@@ -79,6 +81,10 @@ def _run_in(run):
         removed = directory.remove_temporaries()
     if removed:
         run.out(f"Removed half-written files from an interrupted run: {', '.join(removed)}")
+    if not directory.latest_epoch and os.path.isdir(directory.epoch_path(1)):
+        # What a crash between publishing the first epoch's folder and LATEST leaves.
+        run.out(f"Note: {directory.epoch_path(1)} is not named by {run_layout.LATEST_FILE}, "
+                "so it is not known to be complete; epoch 1 is trained again and replaces it.")
     run.out(f"Data: {info['description']}: {info['num_train']:,} train, "
             f"{info['num_validation']:,} validation, {info['num_test']:,} test images.")
     # From here on SIGINT and SIGTERM stop the run after its next step, with a checkpoint.
@@ -123,7 +129,9 @@ def _start(run):
                else "no weight average ")
             + f"(preset {config.preset}).")
     run.out(f"Compute: {describe_compute(config, run.record['versions']['device'])}.")
-    # --overwrite takes effect only now that the data and settings have proved usable.
+    # --overwrite takes effect only once the data, the settings and the network are ready:
+    # a mistake in any of them leaves the earlier run as it was. (A later failure, such as
+    # divergence, no longer has the earlier run to go back to.)
     with _disk_errors(run):
         removed = run.directory.clear_earlier_results()
     if removed:
@@ -162,11 +170,11 @@ def _restore_newest(run, state):
         try:
             checkpoint = cp_utils.read_checkpoint(path, state)
         except cp_utils.CheckpointError as error:
-            run.out(f"WARNING: skipping checkpoint {path}: {error}")
+            _warn(f"WARNING: skipping checkpoint {path}: {error}")
             continue
         if (checkpoint.epoch, checkpoint.step > 0) != (epoch, mid_epoch):
-            run.out(f"WARNING: ignoring {path}: it holds epoch {checkpoint.epoch} after "
-                    f"step {checkpoint.step}, but the newest complete epoch is {latest}.")
+            _warn(f"WARNING: ignoring {path}: it holds epoch {checkpoint.epoch} after step "
+                  f"{checkpoint.step}, but the newest complete epoch is {latest}.")
             continue
         cp_utils.apply_checkpoint(checkpoint, state)
         where = f" at step {state.step + 1} of {run.data.steps_per_epoch}" if mid_epoch else ""
@@ -175,12 +183,7 @@ def _restore_newest(run, state):
         run.out(f"Resuming after epoch {state.epoch - 1} (of {run.config.epochs}) from "
                 f"{'mid-epoch ' if mid_epoch else ''}checkpoint {path}; starting epoch "
                 f"{state.epoch}{where}.")
-        saved_epochs = (directory.saved_record or {}).get("epochs", run.config.epochs)
-        if run.config.epochs != saved_epochs:
-            replan = (" (the one-cycle learning rate is re-planned over the new length)"
-                      if run.config.schedule == "one-cycle" else "")
-            run.out(f"Changing the run from {saved_epochs} to {run.config.epochs} "
-                    f"epochs{replan}.")
+        _report_new_length(run)
         return
     if latest:
         # Starting over would replace the completed epoch folders one by one: refuse.
@@ -188,6 +191,26 @@ def _restore_newest(run, state):
             f"{directory.path} holds {latest} completed epochs but none of its {tried} "
             "checkpoints can be read (see the warnings above); its files are left as they "
             "are. Restore a checkpoint, pass another --run-dir, or start over with --overwrite.")
+
+
+def _report_new_length(run):
+    """Say what changes when a resumed run's --epochs differs from its record's."""
+    saved, config = (run.directory.saved_record or {}).get("epochs"), run.config
+    if saved is None or saved == config.epochs:
+        return
+    changes = []
+    if config.schedule == "one-cycle":
+        changes.append("the one-cycle learning rate is re-planned over the new length")
+    if settings.first_clean_epoch(config) is not None:
+        changes.append(f"its last {config.clean_epochs} epochs without augmentation move to "
+                       "the new end")
+    run.out(f"Changing the run from {saved} to {config.epochs} epochs"
+            + (f" ({'; '.join(changes)})" if changes else "") + ".")
+
+
+def _warn(message):
+    """A warning goes to standard error, beside the errors it may explain."""
+    print(message, file=sys.stderr)
 
 
 def _train_epochs(run, state):
@@ -270,8 +293,8 @@ def _train_rest_of_epoch(run, state, laps):
 
     Every `--checkpoint-every-steps` steps, and when SIGINT/SIGTERM arrived, the state after
     the step is written to the mid-epoch checkpoint; after a signal the epoch then stops
-    with `StopRequested`. A signal that arrives after training (during validation, test or
-    saving) lets the epoch finish first.
+    with `StopRequested`. A signal that arrives in the epoch's last step or after it
+    (during validation, test or saving) lets the epoch finish and be published first.
     """
     data, every, epoch = run.data, run.config.checkpoint_every_steps, state.epoch
     earlier = state.seconds  # training time of this epoch before an interruption
@@ -289,9 +312,10 @@ def _train_rest_of_epoch(run, state, laps):
             with _disk_errors(run):
                 cp_utils.save_in_progress(run.directory.path, checkpoint)
             run.saved = f"the mid-epoch checkpoint after step {step} of epoch {epoch}"
-        if stopping:
+        if stopping and save:
             run.stop_signal.check(f"; epoch {epoch} is checkpointed after step {step} of "
                                   f"{data.steps_per_epoch}")
+        # A signal in the epoch's last step lets the epoch finish and be published.
 
     train = train_validation_test.go_train(
         run.steps, data.train_batches(epoch, skip=state.step), sums=state.train_sums,

@@ -40,7 +40,7 @@ def draw():
         "(checked), --data-dir checked,\ncalls training_loop.run", "#fde2c7")
     box(axes, 4.2, 7.2, 8.5, 1.1, "training_loop.py",
         "load data -> open the run directory -> build or restore the TrainState -> "
-        "train the epochs -> report\nthe only place that prints or writes", "#fde2c7")
+        "train the epochs -> report\nit decides everything printed or written", "#fde2c7")
     arrow(axes, (3.5, 7.75), (4.2, 7.75))
 
     modules = [

@@ -116,7 +116,8 @@ def test_renamed_reshaped_or_missing_variables_are_refused_before_anything_is_as
                      "_conv/kernel); 1 are not the state's (first: model/mnist_classifier/"
                      "stage2_block9_conv/kernel)"),
         (lambda arrays: arrays.update({kernel: arrays[kernel][:2]}),
-         f"{kernel} is float32[2, 3, 32, 64], the state's variable is float32[3, 3, 32, 64]"),
+         f"{kernel} is float32[2, 3, 32, 64] in it, the state's variable is "
+         "float32[3, 3, 32, 64]"),
         (lambda arrays: arrays.pop("average/count"), "missing (first: average/count)"),
         (lambda arrays: arrays.update(format_version=np.array(0)), "format 0"),
     ]

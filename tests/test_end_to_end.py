@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import basic_utils
+import cp_utils
 import helpers
 import main
 import train_state
@@ -109,6 +111,9 @@ def test_rerun_with_more_epochs_trains_only_the_new_epoch(two_epoch_run, tiny_di
     assert "Note: this run continues with other libraries or kernels" in out
     assert f"TF_ENABLE_ONEDNN_OPTS other -> {kernels}" in out
     assert "Resuming after epoch 2" in out
+    assert ("Changing the run from 2 to 3 epochs (the one-cycle learning rate is re-planned "
+            "over the new length; its last 2 epochs without augmentation move to the new "
+            "end).") in out
     assert "Epoch 3/3" in out and "Epoch 1/3" not in out and "Epoch 2/3" not in out
     for name, digest in before.items():
         assert tree_digest(run_dir / name) == digest, f"{name} was rewritten"
@@ -215,7 +220,7 @@ def test_weights_that_are_not_finite_are_never_saved(capsys):
     state.check_finite()
     kernel = state.model.trainable_variables[0]
     kernel.assign(np.full(kernel.shape, np.nan, "float32"))
-    with pytest.raises(main.basic_utils.Diverged, match="stem_conv/kernel holds NaN"):
+    with pytest.raises(basic_utils.Diverged, match="stem_conv/kernel holds NaN"):
         state.check_finite()
 
 
@@ -286,20 +291,57 @@ def test_a_folder_that_is_not_a_run_is_refused(tiny_dir, tmp_path, capsys):
 
 def test_a_failed_start_leaves_no_empty_run_directory(tiny_dir, tmp_path, capsys,
                                                       monkeypatch):
-    def interrupted(*arguments):
-        raise KeyboardInterrupt  # Ctrl-C while the network is built
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_state, "create_train_state", interrupted)
+    # The disk fills up before config.json, the first file of a new run, is written.
+    monkeypatch.setattr(cp_utils, "write_bytes_durably", full_disk)
     code, _, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir",
                             tmp_path / "runs" / "new", "--epochs", 1)
-    assert code == 130 and "Interrupted" in err
+    assert code == 2 and "No space left on device" in err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_first_epoch_folder_without_latest_is_redone_and_said_so(two_epoch_run, tiny_dir,
+                                                                   capsys):
+    run_dir, _ = two_epoch_run
+    rows = read_metrics(run_dir)
+    # What a crash between publishing epoch 1's folder and writing LATEST leaves (here with
+    # a metrics.csv that epoch 1's publication rewrites).
+    shutil.rmtree(run_dir / "epoch_0002")
+    os.remove(run_dir / "LATEST")
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                              "--epochs", 2, "--batch-size", 16)
+    assert code == 0, err
+    assert f"Note: {run_dir / 'epoch_0001'} is not named by LATEST" in out
+    assert "Epoch 1/2" in out and "Resuming" not in out
+    without_seconds = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert [{k: v for k, v in row.items() if k != "seconds"}
+            for row in read_metrics(run_dir)] == without_seconds
+
+
+def test_a_signal_in_an_epochs_last_step_lets_the_epoch_be_published(tiny_dir, tmp_path,
+                                                                      capsys, monkeypatch):
+    class SignalledAtOnce(basic_utils.StopSignal):
+        """As if Ctrl-C came during the first step."""
+
+        def __init__(self):
+            super().__init__()
+            self.received = signal.SIGINT
+
+    monkeypatch.setattr(basic_utils, "StopSignal", SignalledAtOnce)
+    run_dir = tmp_path / "run"
+    # All 270 training images in one batch: each epoch's first step is its last.
+    code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
+                              "--epochs", 2, "--batch-size", 270)
+    assert code == 130, out + err
+    assert "Epoch 1/2" in out and "Completed epochs are saved (1 of 2)." in out
+    assert (run_dir / "LATEST").read_text().strip() == "epoch_0001"
+    assert not (run_dir / "in_progress.checkpoint").exists()
 
 
 def test_a_full_disk_ends_in_one_line_and_the_run_resumes(two_epoch_run, tiny_dir, capsys,
                                                           monkeypatch):
-    import cp_utils
-
     # Started over with --overwrite, so the command to resume must not repeat it.
     run_dir, _ = two_epoch_run
     real_write = cp_utils.write_bytes_durably
@@ -345,8 +387,12 @@ def test_no_readable_checkpoint_stops_instead_of_starting_over(two_epoch_run, ti
     code, out, err = run_main(capsys, "--data-dir", tiny_dir, "--run-dir", run_dir,
                               "--epochs", 3, "--batch-size", 16)
     assert code == 2
-    assert out.count("WARNING: skipping checkpoint") == 2
-    assert "none of its 2 checkpoints can be read" in err and len(err.strip().splitlines()) == 1
+    warnings, error = err.strip().splitlines()[:-1], err.strip().splitlines()[-1]
+    assert len(warnings) == 2 and all(line.startswith("WARNING: skipping checkpoint")
+                                      and line.endswith("it is not a checkpoint archive "
+                                                        "(damaged or replaced)")
+                                      for line in warnings)
+    assert error.startswith("main.py: error:") and "none of its 2 checkpoints can be read" in error
     assert tree_digest(run_dir) == before
 
 
@@ -393,6 +439,8 @@ def test_default_command_uses_tensorflow_datasets(tmp_path, capsys):
         (["--model", "resnet"], "unknown --model 'resnet'; choose one of convnet"),
         (["--preset", "fastest"], "unknown --preset 'fastest'; choose one of standard"),
         (["--xla"], "--xla needs --no-determinism"),
+        (["--seed", "4294967296"], "--seed must be an integer from 0 to 4294967295, got"),
+        (["--data-dir", ""], "--data-dir is empty; pass a folder"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(arguments, message, capsys):

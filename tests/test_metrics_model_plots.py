@@ -51,9 +51,20 @@ def test_model_outputs_one_logit_per_class():
     np.testing.assert_allclose(network(images, training=False), logits)
 
 
+def assert_close_in_float32(ours, theirs, values):
+    """Two float32 computations of statistics over `values` numbers each agree within the
+    rounding of those sums: each addition is off by at most 2^-24 of the running sum, so
+    within `values` * 2^-24 of the largest magnitude involved (twice that for two
+    implementations, and twice again for what follows from the sums)."""
+    theirs = np.asarray(theirs)
+    bound = 4 * values * 2.0 ** -24 * np.abs(theirs).max()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=bound)
+
+
 def test_fused_batch_norm_matches_keras_batch_normalization():
     import keras
 
+    n = 8 * 5 * 5  # values per channel
     rng = np.random.default_rng(1)
     channels = 6
     gamma, beta = rng.normal(1.0, 0.2, channels), rng.normal(0.0, 0.2, channels)
@@ -68,23 +79,21 @@ def test_fused_batch_norm_matches_keras_batch_normalization():
         images = (rng.normal(size=(8, 5, 5, channels)) * np.arange(1, channels + 1)
                   + np.arange(channels)).astype("float32")
         # Training: normalised with the batch's statistics, moving averages updated.
-        np.testing.assert_allclose(fused(images, training=True),
-                                   reference(images, training=True), rtol=1e-4, atol=1e-4)
+        assert_close_in_float32(fused(images, training=True), reference(images, training=True),
+                                n)
     # Keras' moving averages start from mean 0 and variance 1, which after three updates
     # still weigh 0.9^3; the fused layer's are bias-corrected (no initial value), and its
     # variance carries Bessel's correction n / (n - 1), n = 8 * 5 * 5 values per channel.
-    start, n = 0.9 ** 3, 8 * 5 * 5
-    np.testing.assert_allclose(fused.moving_mean, reference.moving_mean / (1 - start),
-                               rtol=1e-5, atol=1e-6)
+    start = 0.9 ** 3
+    assert_close_in_float32(fused.moving_mean, reference.moving_mean / (1 - start), n)
     expected_variance = (reference.moving_variance - start) / (1 - start) * n / (n - 1)
-    np.testing.assert_allclose(fused.moving_variance, expected_variance, rtol=1e-4)
+    assert_close_in_float32(fused.moving_variance, expected_variance, n)
     assert float(fused.updates.numpy()) == 3
     # Inference: normalised with the moving statistics, which stay as they are.
     fused.moving_mean.assign(reference.moving_mean)
     fused.moving_variance.assign(reference.moving_variance)
     moving_mean = fused.moving_mean.numpy()
-    np.testing.assert_allclose(fused(images, training=False),
-                               reference(images, training=False), rtol=1e-4, atol=1e-4)
+    assert_close_in_float32(fused(images, training=False), reference(images, training=False), n)
     np.testing.assert_array_equal(fused.moving_mean.numpy(), moving_mean)
     # Gradients with respect to the input, the scale and the offset agree too.
     import tensorflow as tf
@@ -98,7 +107,7 @@ def test_fused_batch_norm_matches_keras_batch_normalization():
             objective = tf.reduce_sum(layer(inputs, training=True) * weights)
         gradients.append(tape.gradient(objective, [inputs, layer.gamma, layer.beta]))
     for ours, theirs in zip(*gradients):
-        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
+        assert_close_in_float32(ours, theirs, n)
 
 
 def _history(epochs):

@@ -180,7 +180,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(data_dir, refe
         for offset in range(len(data) // 3, len(data) // 3 + 64):
             data[offset] ^= 0xFF
     checkpoint.write_bytes(bytes(data))
-    output = run_in_process(capsys, arguments(data_dir, run_dir))
-    assert f"WARNING: skipping checkpoint {checkpoint}" in output
+    code, output, warnings = helpers.run_main(capsys, *arguments(data_dir, run_dir))
+    assert code == 0, output + warnings
+    assert f"WARNING: skipping checkpoint {checkpoint}" in warnings
     assert "starting epoch 2" in output
     assert_same_run(reference, run_dir)
