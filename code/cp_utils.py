@@ -24,8 +24,9 @@ METRIC_COLUMNS = (
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
     "test_loss", "test_accuracy", "seconds",
 )
-# The first part of the names under which checkpoints store variables.
-VARIABLE_GROUPS = ("model", "optimizer", "average")
+# What a checkpoint holds beside the state's variables (whose names TrainState gives).
+METADATA_KEYS = ("format_version", "config", "state/epoch", "state/step", "state/train_sums",
+                 "state/seconds", "state/history")
 # Test-only fault injection: seconds to pause inside every durable write, which widens
 # the window in which the kill-and-resume test can kill a process mid-write.
 _WRITE_PAUSE = float(os.environ.get("MNIST_TRAINER_WRITE_PAUSE", "0"))
@@ -141,7 +142,7 @@ def read_checkpoint(path, state):
         raise CheckpointError("it was written by another version of this program (format "
                               f"{'unrecorded' if written is None else int(written)})")
     variables = state.named_variables()
-    stored = {key for key in contents if key.split("/", 1)[0] in VARIABLE_GROUPS}
+    stored = contents.keys() - set(METADATA_KEYS)
     missing, extra = sorted(variables.keys() - stored), sorted(stored - variables.keys())
     if missing or extra:
         problems = ([f"{len(missing)} of the state's are missing (first: {missing[0]})"]

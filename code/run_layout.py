@@ -10,7 +10,8 @@ match. Nothing here touches the disk.
     test_result.txt          the test results per epoch, for people
     LATEST                   the name of the newest complete epoch folder
     in_progress.checkpoint   the newest mid-epoch state, while an epoch is under way
-    epoch_0001/ ...          one folder per completed epoch (EPOCH_FILES)
+    epoch_0001/ ...          one folder per completed epoch: checkpoint, confusion_matrix.png,
+                             losses_accs.png, metrics.json
 
 and, only while something is being written: `.epoch_0001.partial/` (an epoch folder being
 assembled), `.epoch_0001.stale-<pid>.partial/` (a folder being replaced), `<file>.tmp-<pid>`
@@ -31,7 +32,6 @@ CHECKPOINT_FILE = "checkpoint"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 LOSS_ACCURACY_FILE = "losses_accs.png"
 EPOCH_METRICS_FILE = "metrics.json"
-EPOCH_FILES = (CHECKPOINT_FILE, CONFUSION_MATRIX_FILE, LOSS_ACCURACY_FILE, EPOCH_METRICS_FILE)
 
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 _TEMPORARY = re.compile(
