@@ -17,7 +17,8 @@ DEFAULT_DATA_DIR = os.path.join(HERE, "..", "..", "shared", "data", "mnist")
 # "Epoch  3/20  (25.0 s: train 23.0 s, validation 0.8 s, test 1.3 s)"
 EPOCH_HEADER = re.compile(r"^Epoch\s+(\d+)/\d+\s+\(.*?: (.*)\)$")
 # "  saved /run/epoch_0003 (plots and checkpoint rendered in 0.6 s, written in 0.01 s)"
-SAVED_LINE = re.compile(r"rendered in ([0-9.]+) s, written in ([0-9.]+) s")
+SAVED_LINE = re.compile(r"rendered in ([0-9.]+) s, written in ([0-9.]+) s"
+                        r"(?:; TensorBoard, report(?:, best model)? in ([0-9.]+) s)?")
 
 
 def cpu_name():
@@ -87,10 +88,13 @@ def run_main(arguments, marker=None):
 
 
 def epoch_timings(output):
-    """{epoch: {'train', 'validation', 'test', 'render', 'save': seconds}} from main.py's output.
+    """{epoch: {'train', 'validation', 'test', 'render', 'save', 'outputs': seconds}} from
+    main.py's output.
 
     The epoch's header line gives the first three; the 'saved ...' line after it gives
-    the time to render the checkpoint and plots and the time to write the folder.
+    the time to render the checkpoint and plots, the time to write the folder, and the
+    time to write the TensorBoard events, the report and (when the epoch is the best so
+    far) best/.
     """
     timings, epoch = {}, None
     for line in output.splitlines():
@@ -104,6 +108,8 @@ def epoch_timings(output):
         if saved and epoch is not None:
             timings[epoch]["render"] = float(saved.group(1))
             timings[epoch]["save"] = float(saved.group(2))
+            if saved.group(3) is not None:
+                timings[epoch]["outputs"] = float(saved.group(3))
     return timings
 
 

@@ -22,7 +22,7 @@ import run_record
 
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-    "test_loss", "test_accuracy", "seconds",
+    "test_loss", "test_accuracy", "learning_rate", "seconds",
 )
 # What a checkpoint holds beside the state's variables (whose names TrainState gives).
 METADATA_KEYS = ("format_version", "config", "state/epoch", "state/step", "state/train_sums",
@@ -214,6 +214,28 @@ def metrics_csv_text(history):
     return "\n".join(lines) + "\n"
 
 
+def best_row(history):
+    """The epoch row with the highest validation accuracy, equal accuracies going to the
+    lower validation loss and then to the earlier epoch; None for no rows. The one rule
+    for "the best epoch" (best/, the report, test_result.txt); test accuracy never counts."""
+    if not history:
+        return None
+    return min(history, key=lambda row: (-row["val_accuracy"], row["val_loss"], row["epoch"]))
+
+
+def read_metrics_csv(path):
+    """The rows of a metrics.csv as dicts (epoch an integer, the rest floats)."""
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    header = lines[0].split(",")
+    rows = []
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(",")))
+        rows.append({name: int(value) if name == "epoch" else float(value)
+                     for name, value in row.items()})
+    return rows
+
+
 def test_result_text(history):
     """test_result.txt: the test loss and accuracy of every epoch, for people."""
     lines = ["Test results per epoch (test split, evaluated after each epoch)", ""]
@@ -222,7 +244,7 @@ def test_result_text(history):
         lines.append(
             f"{row['epoch']:>5}  {row['test_loss']:>10.4f}  {100 * row['test_accuracy']:>12.2f}%"
         )
-    best = max(history, key=lambda row: row["val_accuracy"])
+    best = best_row(history)
     lines += [
         "",
         f"Best validation accuracy: epoch {best['epoch']} "
@@ -231,11 +253,15 @@ def test_result_text(history):
     return "\n".join(lines) + "\n"
 
 
-def epoch_metrics_json(row, confusion_matrix, class_names):
-    """metrics.json of one epoch: its numbers and its validation confusion matrix."""
+def epoch_metrics_json(row, class_names, confusion_matrix, per_class, most_confused):
+    """metrics.json of one epoch: its numbers, and of the whole validation split the
+    confusion matrix, each class's precision, recall, F1 and support (`per_class`) and
+    the most frequent mistakes (`most_confused`), as `train_validation_test` computes them."""
     record = dict(row)
     record["class_names"] = list(class_names)
     record["val_confusion_matrix"] = np.asarray(confusion_matrix).tolist()
+    record["val_per_class"] = per_class
+    record["val_most_confused"] = most_confused
     return json.dumps(record, indent=2) + "\n"
 
 

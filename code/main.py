@@ -1,7 +1,10 @@
-"""Command line: parse the flags into one `Config`, then run the per-epoch training loop.
+"""Command line: parse the flags into one `Config`, then run the per-epoch training loop; or run
+the `predict` and `evaluate` commands on a trained run.
 
     python code/main.py                           # MNIST, standard preset; resumes if interrupted
     python code/main.py --data-dir ../shared/data/mnist --preset fast
+    python code/main.py predict --run-dir RUN digit.png
+    python code/main.py evaluate --run-dir RUN [--epoch N]
 
 Errors the user can fix end with one line on stderr and exit code 2, never a traceback.
 """
@@ -54,7 +57,9 @@ def build_parser():
         epilog="Presets: standard (default) is the most accurate recipe; fast trains a "
                "smaller network for two epochs; seed is the original project's recipe, for "
                "comparison. A flag given explicitly overrides the preset's value. Results: "
-               "benchmarks/RESULTS.md.",
+               "benchmarks/RESULTS.md. A trained run's model: 'main.py predict --help' "
+               "classifies your own images, 'main.py evaluate --help' re-evaluates an epoch "
+               "on the test split.",
     )
     integer, number = _number(int, "an integer"), _number(float, "a number")
     # Flags a preset sets default to None, so that only the ones the user typed override
@@ -124,7 +129,65 @@ def build_parser():
                              "source> in the current folder)")
     parser.add_argument("--overwrite", action="store_true", default=keep,
                         help="start over in an existing run directory, deleting its results")
+    parser.add_argument("--quiet", action="store_true", default=keep,
+                        help="print only each epoch's results and the final line (no "
+                             "progress bar, no start-up notes; warnings still go to stderr)")
     return parser
+
+
+def build_predict_parser():
+    parser = OneLineParser(
+        prog="main.py predict",
+        description="Classify your own digit images with a run's best model (best/): PNG "
+                    "or JPEG, any size, colour or grey; dark ink on light paper or light on "
+                    "dark is detected. Each is prepared as MNIST's digits were (its ink "
+                    "scaled into 20x20, centred by centre of mass in 28x28).",
+        epilog="Exit code 1 when an image could not be read (the others are still "
+               "classified), 2 for a bad command.")
+    parser.add_argument("--run-dir", required=True, help="the run whose best model classifies")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--top-k", type=_number(int, "an integer"), default=1, metavar="K",
+                        help="show the K most probable classes (default: %(default)s)")
+    parser.add_argument("--invert", default="auto", metavar="{auto,yes,no}",
+                        help="yes: the image is dark ink on light paper; no: light ink on "
+                             "dark, as MNIST; auto decides from the image's border "
+                             "(default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def build_evaluate_parser():
+    parser = OneLineParser(
+        prog="main.py evaluate",
+        description="Re-evaluate a run's best epoch (by validation accuracy), or --epoch N, "
+                    "on the test split: loss, accuracy, each class's precision, recall and "
+                    "F1, and the most-confused pairs.")
+    parser.add_argument("--run-dir", required=True, help="the run to evaluate")
+    parser.add_argument("--epoch", type=_number(int, "an integer"), default=None,
+                        help="a completed epoch (default: the best by validation accuracy)")
+    parser.add_argument("--data-dir", default=None,
+                        help="the training's IDX folder, when it has moved since training")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def run_command(command, arguments):
+    """`predict` or `evaluate` with their `arguments`; returns the exit code."""
+    import inference  # noqa: E402  (imports TensorFlow only once it is needed)
+
+    if command == "predict":
+        given = build_predict_parser().parse_args(arguments)
+        if given.invert not in inference.digit_images.INVERT_CHOICES:
+            raise basic_utils.UserError(f"unknown --invert {given.invert!r}; choose one of "
+                                        f"{', '.join(inference.digit_images.INVERT_CHOICES)}.")
+        return inference.predict(given.run_dir, given.images, top_k=given.top_k,
+                                 invert=given.invert, as_json=given.json)
+    given = build_evaluate_parser().parse_args(arguments)
+    return inference.evaluate(given.run_dir, epoch=given.epoch, data_dir=given.data_dir,
+                              as_json=given.json)
+
+
+COMMANDS = ("predict", "evaluate")
 
 
 def parse_config(arguments):
@@ -142,6 +205,8 @@ def main(arguments=None):
     arguments = sys.argv[1:] if arguments is None else [str(argument) for argument in arguments]
     script = sys.argv[0] or "code/main.py"
     try:
+        if arguments and arguments[0] in COMMANDS:
+            return run_command(arguments[0], arguments[1:])
         config = parse_config(arguments)
         if config.data_dir:
             # A wrong folder is reported now, not after TensorFlow's slow start.

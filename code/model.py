@@ -103,8 +103,28 @@ BATCH_NORMS = {
 }
 
 
+INPUT_SHAPE = (28, 28, 1)
+
+
+class _BuildsOnImages:
+    """Saving support for the subclassed networks: they create their weights on their first
+    call, so a saved .keras file records that and `keras.saving.load_model` calls the
+    rebuilt network once before it loads the weights (without this it loads them into a
+    network that has none yet)."""
+
+    def build_on_images(self):
+        # One dummy image creates every weight.
+        self(keras.ops.zeros((1, *INPUT_SHAPE)))
+
+    def get_build_config(self):
+        return {"input_shape": [None, *INPUT_SHAPE]}
+
+    def build_from_config(self, config):
+        self.build_on_images()
+
+
 @keras.saving.register_keras_serializable(package="mnist_trainer")
-class MnistClassifier(keras.Model):
+class MnistClassifier(_BuildsOnImages, keras.Model):
     """A stem, stages of convolution blocks with max-pooling, dropout, one dense layer.
 
     Every convolution is followed by batch norm and ReLU. The stem is a 5x5 convolution
@@ -174,7 +194,7 @@ class MnistClassifier(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="mnist_trainer")
-class SeedClassifier(keras.Model):
+class SeedClassifier(_BuildsOnImages, keras.Model):
     """The original project's network, kept for comparison (`--preset seed`).
 
     conv 5x5 (8) -> max-pool -> conv 5x5 (32) -> max-pool -> dense 64 (ReLU) -> dense 10,
@@ -228,6 +248,5 @@ def build_model(name="convnet", num_classes=10, precision="float32", batch_norm=
     else:
         model = MnistClassifier(**hyperparameters, num_classes=num_classes,
                                 batch_norm=batch_norm, dtype=policy)
-    # A subclassed model creates its weights on the first call; one dummy image does it.
-    model(keras.ops.zeros((1, 28, 28, 1)))
+    model.build_on_images()
     return model

@@ -155,3 +155,53 @@ def loss_acc_figure(history):
         f"loss {final['val_loss']:.4f}"
     )
     return figure
+
+
+def misclassified_visualizer(images, labels, predictions, confidences, class_names, title):
+    """PNG (bytes) of mistakes in a grid of six columns, in the order given (the caller
+    puts the most confident first), each captioned with its true class, the predicted
+    class and the probability the model gave that prediction.
+
+    `images` are [N, 28, 28] or [N, 28, 28, 1] in [0, 1] or 0..255 (N up to 36 reads
+    well); none gives a figure that says so. The tiles are one mosaic drawn as a single
+    image with the captions beneath each tile: 36 separate axes take several times longer
+    to draw.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    count = len(images)
+    if count and images.max() > 1.0:
+        images = images / 255.0
+    images = images.reshape(count, 28, 28) if count else images
+    columns = 6
+    rows = max(1, -(-count // columns))
+    tile, gap, caption = 28, 3, 10  # pixels of the mosaic: image, space, caption band
+    cell_height = tile + gap + caption
+    mosaic = np.ones((rows * cell_height, columns * (tile + gap) - gap))
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height, column * (tile + gap)
+        # Ink dark on white, as digits are read on paper.
+        mosaic[top:top + tile, left:left + tile] = 1.0 - images[index]
+    width = 8.4  # inches of mosaic; the height follows from its shape
+    figure = Figure(figsize=(width + 0.2, 0.5 + width * mosaic.shape[0] / mosaic.shape[1]))
+    _margins(figure, left=0.1, right=0.1, bottom=0.1, top=0.4)
+    axes = figure.add_subplot()
+    axes.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
+                aspect="equal")
+    axes.set_axis_off()
+    axes.set_title(title, fontsize=10)
+    if not count:
+        axes.text(mosaic.shape[1] / 2, mosaic.shape[0] / 2, "no mistakes", ha="center",
+                  va="center", fontsize=12)
+    longest = max((len(name) for name in class_names), default=1)
+    fontsize = 8 if longest <= 8 else 7
+    for index in range(count):
+        row, column = divmod(index, columns)
+        x = column * (tile + gap) + tile / 2
+        y = row * cell_height + tile + 1
+        axes.text(x, y, f"true {class_names[int(labels[index])]}\n"
+                        f"pred {class_names[int(predictions[index])]} "
+                        f"{100 * float(confidences[index]):.0f}%",
+                  ha="center", va="top", fontsize=fontsize, linespacing=1.1,
+                  color="tab:red")
+    return _png_bytes(figure)

@@ -25,7 +25,9 @@ DATA_KEYS = ("data_source", "data_fingerprint")
 def make_record(config, data_info, versions):
     """The dictionary saved as config.json: settings, data source and library versions."""
     record = dataclasses.asdict(config)
-    record.pop("overwrite")  # how this invocation started, not what the run is
+    # How this invocation started and what it prints, not what the run is.
+    record.pop("overwrite")
+    record.pop("quiet")
     record.update(
         program=PROGRAM,
         format_version=FORMAT_VERSION,
@@ -39,6 +41,15 @@ def make_record(config, data_info, versions):
         versions=versions,
     )
     return record
+
+
+def config_from_record(record, **overrides):
+    """The `settings.Config` a record was made with (its precision already resolved), with
+    `overrides` (such as another data_dir) where they are not None."""
+    fields = {field.name for field in dataclasses.fields(settings.Config)}
+    values = {name: value for name, value in record.items() if name in fields}
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    return settings.Config(**values)
 
 
 def read_record(path):

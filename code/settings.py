@@ -90,6 +90,7 @@ class Config:
     data_dir: str | None = None
     run_dir: str | None = None
     overwrite: bool = False
+    quiet: bool = False
 
     def __post_init__(self):
         _check_choice("--preset", self.preset, PRESETS)

@@ -104,7 +104,9 @@ class Steps:
 
     def _eval_step(self, images, labels):
         logits = self.state.model(images, training=False)
-        return self.loss_fn(labels, logits), tf.argmax(logits, axis=-1)
+        # The probability the model gives its prediction: what ranks its mistakes.
+        confidence = tf.reduce_max(tf.nn.softmax(logits), axis=-1)
+        return self.loss_fn(labels, logits), tf.argmax(logits, axis=-1), confidence
 
 
 def resetter():
@@ -138,26 +140,75 @@ def go_train(steps, batches, sums=None, after_step=None, num_classes=10):
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
-def _evaluate(steps, dataset, num_classes):
+def evaluate(steps, dataset, num_classes=10):
+    """Loss, accuracy and confusion matrix of the whole split `dataset` (batches of float
+    images and labels, in inference mode), with every example's `labels`, `predictions`
+    and `confidences` (the probability of the predicted class), in the split's order."""
     loss_sum = 0.0
-    all_labels, all_predictions = [], []
+    all_labels, all_predictions, all_confidences = [], [], []
     for images, labels in dataset:
-        batch_loss, predictions = steps.eval_step(images, labels)
+        batch_loss, predictions, confidences = steps.eval_step(images, labels)
         loss_sum += float(batch_loss)
         all_labels.append(labels.numpy())
         all_predictions.append(predictions.numpy())
-    labels = np.concatenate(all_labels)
-    metrics = get_classification_metrics(labels, np.concatenate(all_predictions), num_classes)
-    metrics["loss"] = loss_sum / len(labels)
+        all_confidences.append(confidences.numpy())
+    labels, predictions = np.concatenate(all_labels), np.concatenate(all_predictions)
+    metrics = get_classification_metrics(labels, predictions, num_classes)
+    metrics.update(loss=loss_sum / len(labels), labels=labels, predictions=predictions,
+                   confidences=np.concatenate(all_confidences))
     return metrics
 
 
 def go_validation(steps, dataset, num_classes=10):
-    """Validation loss, accuracy and the 10x10 confusion matrix (inference mode)."""
-    return _evaluate(steps, dataset, num_classes)
+    """Validation loss, accuracy, confusion matrix and per-example predictions (`evaluate`)."""
+    return evaluate(steps, dataset, num_classes)
 
 
 def go_test(steps, dataset, num_classes=10):
     """This epoch's test loss and accuracy, computed afresh (inference mode)."""
-    metrics = _evaluate(steps, dataset, num_classes)
+    metrics = evaluate(steps, dataset, num_classes)
     return {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
+
+
+def per_class_metrics(confusion_matrix, class_names):
+    """Precision, recall, F1 and support of each class, from a whole split's confusion
+    matrix (rows: true class, columns: predicted), as a list of dicts in class order.
+
+    Precision is undefined (None) for a class never predicted, recall for a class that
+    never occurs, and F1 when either is undefined or both are zero; a number is never
+    made up for them.
+    """
+    matrix = np.asarray(confusion_matrix, dtype=np.int64)
+    rows = []
+    for index, name in enumerate(class_names):
+        correct = int(matrix[index, index])
+        predicted, support = int(matrix[:, index].sum()), int(matrix[index, :].sum())
+        precision = correct / predicted if predicted else None
+        recall = correct / support if support else None
+        f1 = (2 * precision * recall / (precision + recall)
+              if precision is not None and recall is not None and precision + recall > 0
+              else None)
+        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1,
+                     "support": support})
+    return rows
+
+
+def most_confused_pairs(confusion_matrix, class_names, limit=10):
+    """The `limit` most frequent mistakes of a confusion matrix as dicts {"true",
+    "predicted", "count"}, largest count first (ties in class order); never a pair with
+    no mistakes."""
+    matrix = np.asarray(confusion_matrix, dtype=np.int64)
+    pairs = [(-int(matrix[true, predicted]), true, predicted)
+             for true in range(len(class_names)) for predicted in range(len(class_names))
+             if true != predicted and matrix[true, predicted] > 0]
+    return [{"true": class_names[true], "predicted": class_names[predicted], "count": -count}
+            for count, true, predicted in sorted(pairs)[:limit]]
+
+
+def most_confident_mistakes(labels, predictions, confidences, limit=36):
+    """Indices of up to `limit` wrongly predicted examples, the most confident first
+    (ties in split order)."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    wrong = np.flatnonzero(labels != predictions)
+    order = np.argsort(-np.asarray(confidences)[wrong], kind="stable")
+    return wrong[order[:limit]]

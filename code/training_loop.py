@@ -20,15 +20,24 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import basic_utils
+import best_model
 import cp_utils
 import dataset_utils
 import learning_env_setting
 import plots
+import progress
+import report
 import run_layout
 import run_record
 import settings
+import summaries
 import train_state
 import train_validation_test
+
+# The most confident validation mistakes shown in each epoch's misclassified.png.
+MISCLASSIFIED_SHOWN = 36
+# The most frequent (true, predicted) pairs kept in metrics.json and shown in the report.
+CONFUSED_PAIRS_KEPT = 10
 
 
 @dataclasses.dataclass
@@ -38,12 +47,15 @@ class Run:
     config: settings.Config  # with --precision resolved once the run directory is read
     data: dataset_utils.MnistData
     directory: learning_env_setting.RunDirectory
-    out: object  # print, or what a test collects lines with
+    out: object  # print, or what a test collects lines with: epoch blocks, the final line
+    note: object  # start-up notes: `out`, or nothing with --quiet
     resume_command: str  # what a failed write or a stop tells the user to run
+    progress_mode: str = "quiet"  # progress.MODES: the bar, a heartbeat, or nothing
     record: dict = None  # config.json
     steps: train_validation_test.Steps = None
     stop_signal: basic_utils.StopSignal = None
     saved: str = ""  # the newest state on disk, in words, for a divergence message
+    overhead_seconds: float = 0.0  # an epoch's evaluation and saving, for the time left
 
 
 def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
@@ -52,12 +64,16 @@ def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
     `raw` injects `dataset_utils.RawData` (tests); `arguments` are the command-line
     arguments, used to print the command that resumes after an interruption.
     """
+    # Where the data come from is worth saying even with --quiet (the packaged digits are
+    # a fallback the user must notice), so the loading notes always go out.
     data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out)
     directory = learning_env_setting.dir_setting(
         learning_env_setting.run_dir_path(config, data.info["source"]), config.overwrite)
+    note = (lambda *_: None) if config.quiet else out
     try:
-        return _run_in(Run(config, data, directory, out,
-                           basic_utils.resume_command(script, arguments)))
+        return _run_in(Run(config, data, directory, out, note,
+                           basic_utils.resume_command(script, arguments),
+                           progress_mode=progress.choose_mode(config.quiet)))
     finally:
         directory.close()
 
@@ -65,7 +81,7 @@ def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
 def _run_in(run):
     """Check what this invocation may do in the opened run directory, then train."""
     directory, info = run.directory, run.data.info
-    run.out(f"Run directory: {directory.path}")
+    run.note(f"Run directory: {directory.path}")
     saved = directory.saved_record
     # --precision auto becomes float32 or mixed here, before any comparison or record.
     run.config = dataclasses.replace(run.config, precision=settings.resolve_precision(
@@ -74,18 +90,21 @@ def _run_in(run):
     run.record = run_record.make_record(run.config, info, library_versions())
     if saved is not None:
         _check_continuation(run, saved)
-    if directory.latest_epoch >= run.config.epochs:
-        _report_complete(run)
-        return 0
     with _disk_errors(run):
         removed = directory.remove_temporaries()
     if removed:
-        run.out(f"Removed half-written files from an interrupted run: {', '.join(removed)}")
+        run.note(f"Removed half-written files from an interrupted run: {', '.join(removed)}")
+    if directory.latest_epoch >= run.config.epochs:
+        # A run killed right after publishing its last epoch may lack what follows it. Its
+        # config.json stays as it is, and so does the report made from it.
+        _bring_outputs_up_to_date(run, _published_history(run), directory.saved_record)
+        _report_complete(run)
+        return 0
     if not directory.latest_epoch and os.path.isdir(directory.epoch_path(1)):
         # What a crash between publishing the first epoch's folder and LATEST leaves.
-        run.out(f"Note: {directory.epoch_path(1)} is not named by {run_layout.LATEST_FILE}, "
-                "so it is not known to be complete; epoch 1 is trained again and replaces it.")
-    run.out(f"Data: {info['description']}: {info['num_train']:,} train, "
+        run.note(f"Note: {directory.epoch_path(1)} is not named by {run_layout.LATEST_FILE}, "
+                 "so it is not known to be complete; epoch 1 is trained again and replaces it.")
+    run.note(f"Data: {info['description']}: {info['num_train']:,} train, "
             f"{info['num_validation']:,} validation, {info['num_test']:,} test images.")
     # From here on SIGINT and SIGTERM stop the run after its next step, with a checkpoint.
     run.stop_signal = basic_utils.StopSignal()
@@ -101,7 +120,7 @@ def _check_continuation(run, saved):
     run_record.check_compatible(run.directory.path, saved, run.record)
     changed = run_record.version_differences(saved, run.record)
     if changed:
-        run.out(f"Note: this run continues with other libraries or kernels than it was "
+        run.note(f"Note: this run continues with other libraries or kernels than it was "
                 f"trained with so far ({'; '.join(changed)}); it resumes correctly, but its "
                 "numbers will differ slightly from a run that never stopped.")
 
@@ -122,13 +141,13 @@ def _start(run):
     basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
     state = train_state.create_train_state(config, len(data.class_names), data.steps_per_epoch)
     trainable = sum(int(np.prod(variable.shape)) for variable in state.model.trainable_variables)
-    run.out(f"Model: {config.model}, {trainable:,} trainable parameters; "
+    run.note(f"Model: {config.model}, {trainable:,} trainable parameters; "
             f"{config.optimizer}, learning rate {config.learning_rate:g} ({config.schedule}), "
             f"batch {config.batch_size}, augmentation {settings.describe_augmentation(config)}, "
             + (f"weight average {config.weight_average:g} " if config.weight_average
                else "no weight average ")
             + f"(preset {config.preset}).")
-    run.out(f"Compute: {describe_compute(config, run.record['versions']['device'])}.")
+    run.note(f"Compute: {describe_compute(config, run.record['versions']['device'])}.")
     # --overwrite takes effect only once the data, the settings and the network are ready:
     # a mistake in any of them leaves the earlier run as it was. (A later failure, such as
     # divergence, no longer has the earlier run to go back to.)
@@ -136,14 +155,19 @@ def _start(run):
         removed = run.directory.clear_earlier_results()
     if removed:
         epochs = sum(1 for name in removed if run_layout.epoch_of(name) is not None)
-        run.out(f"--overwrite: removed the earlier run's {_count(epochs, 'epoch folder')} and "
-                f"{_count(len(removed) - epochs, 'other file')} from {run.directory.path} (its "
-                "config.json is replaced next).")
+        others = [name + ("/" if name in run_layout.RUN_FOLDERS else "") for name in removed
+                  if run_layout.epoch_of(name) is None]
+        run.note(f"--overwrite: removed the earlier run's {_count(epochs, 'epoch folder')}"
+                 + (f" and {', '.join(others)}" if others else "")
+                 + f" from {run.directory.path} (its config.json is replaced next).")
     _restore_newest(run, state)
     # config.json follows the latest invocation (epochs may have grown); written atomically.
     with _disk_errors(run):
         cp_utils.atomic_write(run.directory.file_path(run_layout.CONFIG_FILE),
                               json.dumps(run.record, indent=2, sort_keys=True) + "\n")
+    # An interruption just after an epoch was published can leave its event file, best/
+    # or the report behind; they are made from the published epochs, so they catch up.
+    _bring_outputs_up_to_date(run, state.history, run.record)
     run.steps = train_validation_test.Steps(state, data.make_batch, jit_compile=config.xla)
     return state
 
@@ -180,7 +204,7 @@ def _restore_newest(run, state):
         where = f" at step {state.step + 1} of {run.data.steps_per_epoch}" if mid_epoch else ""
         run.saved = (f"the mid-epoch checkpoint after step {state.step} of epoch {state.epoch}"
                      if mid_epoch else f"epoch {state.epoch - 1} ({os.path.dirname(path)})")
-        run.out(f"Resuming after epoch {state.epoch - 1} (of {run.config.epochs}) from "
+        run.note(f"Resuming after epoch {state.epoch - 1} (of {run.config.epochs}) from "
                 f"{'mid-epoch ' if mid_epoch else ''}checkpoint {path}; starting epoch "
                 f"{state.epoch}{where}.")
         _report_new_length(run)
@@ -204,7 +228,7 @@ def _report_new_length(run):
     if settings.first_clean_epoch(config) is not None:
         changes.append(f"its last {config.clean_epochs} epochs without augmentation move to "
                        "the new end")
-    run.out(f"Changing the run from {saved} to {config.epochs} epochs"
+    run.note(f"Changing the run from {saved} to {config.epochs} epochs"
             + (f" ({'; '.join(changes)})" if changes else "") + ".")
 
 
@@ -235,7 +259,7 @@ def _train_epochs(run, state):
             f"{problem}. Nothing computed since is saved; {kept}. Lower --learning-rate (it "
             f"is {config.learning_rate:g}) and start over with --overwrite or another "
             "--run-dir.") from None
-    best = max(state.history, key=lambda row: row["val_accuracy"])
+    best = cp_utils.best_row(state.history)
     run.out(f"Done: {_count(config.epochs, 'epoch')}. Final test accuracy "
             f"{100 * state.history[-1]['test_accuracy']:.2f}%; best validation accuracy "
             f"{100 * best['val_accuracy']:.2f}% at epoch {best['epoch']} (test "
@@ -265,11 +289,13 @@ def _one_epoch(run, state):
         "val_accuracy": validation["accuracy"],
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
+        # The rate the schedule has reached at the end of the epoch.
+        "learning_rate": float(state.optimizer.learning_rate),
         "seconds": sum(laps.timing.values()),
     }
     run.out(basic_utils.training_reporter(row, run.config.epochs, laps.timing))
     state.finish_epoch(row)
-    _publish_epoch(run, state, row, validation["confusion_matrix"], laps)
+    _publish_epoch(run, state, row, validation, laps)
 
 
 class _Laps:
@@ -298,6 +324,10 @@ def _train_rest_of_epoch(run, state, laps):
     """
     data, every, epoch = run.data, run.config.checkpoint_every_steps, state.epoch
     earlier = state.seconds  # training time of this epoch before an interruption
+    shown = progress.EpochProgress(
+        run.progress_mode, epoch, run.config.epochs, data.steps_per_epoch, state.step,
+        run.config.batch_size, later_epochs=run.config.epochs - epoch,
+        overhead_seconds=run.overhead_seconds)
 
     def after_step(sums):
         stopping = run.stop_signal.received is not None
@@ -313,20 +343,28 @@ def _train_rest_of_epoch(run, state, laps):
                 cp_utils.save_in_progress(run.directory.path, checkpoint)
             run.saved = f"the mid-epoch checkpoint after step {step} of epoch {epoch}"
         if stopping and save:
+            shown.close()
             run.stop_signal.check(f"; epoch {epoch} is checkpointed after step {step} of "
                                   f"{data.steps_per_epoch}")
         # A signal in the epoch's last step lets the epoch finish and be published.
+        shown.after_step(step, sums)
 
-    train = train_validation_test.go_train(
-        run.steps, data.train_batches(epoch, skip=state.step), sums=state.train_sums,
-        after_step=after_step, num_classes=len(data.class_names))
+    try:
+        train = train_validation_test.go_train(
+            run.steps, data.train_batches(epoch, skip=state.step), sums=state.train_sums,
+            after_step=after_step, num_classes=len(data.class_names))
+    finally:
+        shown.close()
     laps.lap("train", earlier)
     return train
 
 
-def _publish_epoch(run, state, row, confusion_matrix, laps):
-    """Render the finished epoch's checkpoint and PNGs, then publish its folder."""
+def _publish_epoch(run, state, row, validation, laps):
+    """Render the finished epoch's checkpoint, PNGs and metrics.json, publish its folder,
+    then what is made from the published epochs: its TensorBoard events, best/ when the
+    epoch is the best so far, and the report page."""
     epoch, class_names = row["epoch"], run.data.class_names
+    confusion_matrix = validation["confusion_matrix"]
     title = (f"Validation confusion matrix, epoch {epoch} "
              f"(accuracy {100 * row['val_accuracy']:.2f}%)")
     files = {
@@ -334,16 +372,148 @@ def _publish_epoch(run, state, row, confusion_matrix, laps):
         run_layout.CONFUSION_MATRIX_FILE: plots.confusion_matrix_visualizer(
             confusion_matrix, class_names, title),
         run_layout.LOSS_ACCURACY_FILE: plots.loss_acc_visualizer(state.history),
+        run_layout.MISCLASSIFIED_FILE: misclassified_png(run.data, validation, epoch),
         run_layout.EPOCH_METRICS_FILE: cp_utils.epoch_metrics_json(
-            row, confusion_matrix, class_names).encode("utf-8"),
+            row, class_names, confusion_matrix,
+            train_validation_test.per_class_metrics(confusion_matrix, class_names),
+            train_validation_test.most_confused_pairs(confusion_matrix, class_names,
+                                                      CONFUSED_PAIRS_KEPT),
+        ).encode("utf-8"),
     }
     laps.lap("render")
     with _disk_errors(run):
         folder = cp_utils.save_losses_model(run.directory.path, epoch, files, state.history)
     run.saved = f"epoch {epoch} ({folder})"
     laps.lap("save")
-    run.out(f"  saved {folder} (plots and checkpoint rendered in {laps.timing['render']:.1f} "
-            f"s, written in {laps.timing['save']:.2f} s)")
+    with _disk_errors(run):
+        summaries.write_epoch(run.directory.path, epoch)
+        best = best_model.needs_publishing(run.directory.path, state.history)
+        if best is not None:
+            with state.evaluation_weights():
+                best_model.publish(run.directory.path, state.model, best, class_names,
+                                   run.record["versions"])
+        _write_report(run, state.history, run.record)
+    laps.lap("outputs")
+    run.overhead_seconds = sum(seconds for name, seconds in laps.timing.items()
+                               if name != "train")
+    run.out(f"  saved {folder} (rendered in {laps.timing['render']:.1f} s, written in "
+            f"{laps.timing['save']:.2f} s; TensorBoard, report"
+            + (", best model" if best is not None else "")
+            + f" in {laps.timing['outputs']:.1f} s)")
+
+
+def misclassified_png(data, validation, epoch):
+    """misclassified.png: the most confident mistakes of `validation` (what `go_validation`
+    returned for `data`'s validation split in `epoch`)."""
+    shown = train_validation_test.most_confident_mistakes(
+        validation["labels"], validation["predictions"], validation["confidences"],
+        MISCLASSIFIED_SHOWN)
+    mistakes = int((validation["labels"] != validation["predictions"]).sum())
+    title = (f"Most confident validation mistakes, epoch {epoch} "
+             f"({len(shown)} of {_count(mistakes, 'mistake')})")
+    return plots.misclassified_visualizer(
+        data.validation_images[shown], validation["labels"][shown],
+        validation["predictions"][shown], validation["confidences"][shown],
+        data.class_names, title)
+
+
+def _published_history(run):
+    """The rows of metrics.csv for the published epochs (those up to LATEST)."""
+    path = run.directory.file_path(run_layout.METRICS_FILE)
+    rows = cp_utils.read_metrics_csv(path) if os.path.exists(path) else []
+    return [row for row in rows if row["epoch"] <= run.directory.latest_epoch]
+
+
+def _bring_outputs_up_to_date(run, history, record):
+    """Write what an interruption after publishing an epoch may have left out: its
+    TensorBoard event file, best/ (from the best epoch's checkpoint) and the report (from
+    config.json `record`)."""
+    if not history:
+        return
+    directory = run.directory
+    with _disk_errors(run):
+        written = summaries.catch_up(directory.path, history[-1]["epoch"])
+        best = best_model.needs_publishing(directory.path, history)
+        if best is not None:
+            state = epoch_state(run.config, run.data, directory.path, best["epoch"])
+            with state.evaluation_weights():
+                best_model.publish(directory.path, state.model, best, run.data.class_names,
+                                   run.record["versions"])
+        _write_report(run, history, record)
+    if written or best is not None:
+        made = ([f"TensorBoard events of {_count(len(written), 'epoch')}"] if written else [])
+        made += [f"best/ (epoch {best['epoch']})"] if best is not None else []
+        run.note(f"Wrote what an interruption had left out: {', '.join(made)}.")
+
+
+def epoch_state(config, data, run_dir, epoch):
+    """A fresh training state holding published `epoch`'s checkpoint."""
+    state = train_state.create_train_state(config, len(data.class_names),
+                                           data.steps_per_epoch)
+    path = os.path.join(run_dir, run_layout.epoch_dir_name(epoch), run_layout.CHECKPOINT_FILE)
+    try:
+        cp_utils.apply_checkpoint(cp_utils.read_checkpoint(path, state), state)
+    except cp_utils.CheckpointError as error:
+        raise basic_utils.UserError(f"cannot read {path}: {error}. Restore it from a copy, "
+                                    "or start over with --overwrite.") from None
+    return state
+
+
+def evaluate_epoch(config, record, run_dir, epoch, out=print):
+    """Evaluate published `epoch` of the run in `run_dir` (made with `config` and config.json
+    `record`) on the test split, with the weights its test accuracy was measured with and
+    the same compiled step and batches; returns the numbers as a dict."""
+    data = dataset_utils.load_processing_mnist(config, announce=out)
+    if data.info["fingerprint"] != record["data_fingerprint"]:
+        raise basic_utils.UserError(
+            f"the data found ({data.info['description']}) are not the data {run_dir} was "
+            f"trained on ({run_record.describe_data(record)}); pass --data-dir with the "
+            "training's IDX files.")
+    basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
+    state = epoch_state(config, data, run_dir, epoch)
+    steps = train_validation_test.Steps(state, data.make_batch, jit_compile=config.xla)
+    class_names = data.class_names
+    with state.evaluation_weights():
+        metrics = train_validation_test.evaluate(steps, data.test_batches(), len(class_names))
+    matrix = metrics["confusion_matrix"]
+    return {
+        "epoch": epoch,
+        "count": int(matrix.sum()),
+        "correct": int(matrix.trace()),
+        "loss": metrics["loss"],
+        "accuracy": metrics["accuracy"],
+        "per_class": train_validation_test.per_class_metrics(matrix, class_names),
+        "most_confused": train_validation_test.most_confused_pairs(matrix, class_names,
+                                                                   CONFUSED_PAIRS_KEPT),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def _write_report(run, history, record):
+    """Rewrite report.html (atomically) from config.json `record`, `history` and the latest
+    published epoch's folder, unless it holds that page already."""
+    folder = run.directory.epoch_path(history[-1]["epoch"])
+    with open(os.path.join(folder, run_layout.EPOCH_METRICS_FILE), encoding="utf-8") as handle:
+        latest = json.load(handle)
+    images = {}
+    for key, name in (("losses_accs", run_layout.LOSS_ACCURACY_FILE),
+                      ("confusion_matrix", run_layout.CONFUSION_MATRIX_FILE),
+                      ("misclassified", run_layout.MISCLASSIFIED_FILE)):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):  # epochs published before misclassified.png existed
+            with open(path, "rb") as handle:
+                images[key] = handle.read()
+    # As config.json holds it (keys sorted), whether it comes from there or not, so that
+    # the same run always gives the same page.
+    record = json.loads(json.dumps(record, sort_keys=True))
+    page = report.report_html(record, history, latest, images,
+                              run_name=os.path.basename(run.directory.path)).encode("utf-8")
+    path = run.directory.file_path(run_layout.REPORT_FILE)
+    if os.path.exists(path):
+        with open(path, "rb") as handle:
+            if handle.read() == page:
+                return
+    cp_utils.atomic_write(path, page)
 
 
 def library_versions():

@@ -78,7 +78,7 @@ def write_mnist_folder(folder, train=300, test=100, compress=True, seed=0, make=
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAIN = str(REPO_ROOT / "code" / "main.py")
 COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-           "test_loss", "test_accuracy", "seconds"]
+           "test_loss", "test_accuracy", "learning_rate", "seconds"]
 
 
 def run_main(capsys, *arguments):

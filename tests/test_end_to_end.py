@@ -22,7 +22,8 @@ import train_state
 import train_validation_test
 from helpers import read_metrics, run_main, tree_digest
 
-EPOCH_FILES = {"checkpoint", "confusion_matrix.png", "losses_accs.png", "metrics.json"}
+EPOCH_FILES = {"checkpoint", "confusion_matrix.png", "losses_accs.png", "misclassified.png",
+               "metrics.json"}
 
 
 def exit_code(arguments):
@@ -61,9 +62,14 @@ def two_epoch_run(finished_two_epoch_run, tmp_path):
 def test_two_epochs_write_exactly_the_documented_layout(two_epoch_run):
     run_dir, out = two_epoch_run
     assert sorted(os.listdir(run_dir)) == sorted(
-        ["config.json", "metrics.csv", "test_result.txt", "LATEST", "epoch_0001", "epoch_0002"])
+        ["config.json", "metrics.csv", "test_result.txt", "LATEST", "epoch_0001", "epoch_0002",
+         "report.html", "tensorboard", "best"])
     for epoch in (1, 2):
         assert set(os.listdir(run_dir / f"epoch_{epoch:04d}")) == EPOCH_FILES
+    assert sorted(os.listdir(run_dir / "tensorboard")) == [
+        "events.out.tfevents.epoch_0001.mnist-trainer",
+        "events.out.tfevents.epoch_0002.mnist-trainer"]
+    assert sorted(os.listdir(run_dir / "best")) == ["best.json", "model.keras", "saved_model"]
     assert (run_dir / "LATEST").read_text().strip() == "epoch_0002"
     rows = read_metrics(run_dir)
     assert [row["epoch"] for row in rows] == [1, 2]
@@ -91,8 +97,9 @@ def test_two_epochs_write_exactly_the_documented_layout(two_epoch_run):
     assert [(int(cells[0]), cells[1], cells[2]) for cells in table] == [
         (int(row["epoch"]), f"{row['test_loss']:.4f}", f"{100 * row['test_accuracy']:.2f}%")
         for row in rows]
-    best = max(rows, key=lambda row: row["val_accuracy"])
+    best = cp_utils.best_row(rows)
     assert lines[-1].startswith(f"Best validation accuracy: epoch {int(best['epoch'])} ")
+    assert json.loads((run_dir / "best" / "best.json").read_text())["epoch"] == best["epoch"]
 
 
 def test_rerun_with_more_epochs_trains_only_the_new_epoch(two_epoch_run, tiny_dir, capsys):
@@ -233,10 +240,11 @@ def test_overwrite_starts_over_but_keeps_foreign_files(two_epoch_run, tiny_dir, 
                               "--epochs", 1, "--batch-size", 64, "--overwrite")
     assert code == 0, err
     assert "Resuming" not in out
-    assert "removed the earlier run's 2 epoch folders and 3 other files" in out
+    assert ("removed the earlier run's 2 epoch folders and LATEST, best/, metrics.csv, "
+            "report.html, tensorboard/, test_result.txt from") in out
     assert sorted(os.listdir(run_dir)) == sorted(
         ["config.json", "metrics.csv", "test_result.txt", "LATEST", "epoch_0001", "my_notes.txt",
-         ".epoch_backup", ".epoch_notes"])
+         ".epoch_backup", ".epoch_notes", "report.html", "tensorboard", "best"])
     assert len(read_metrics(run_dir)) == 1
 
 

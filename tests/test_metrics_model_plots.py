@@ -118,7 +118,8 @@ def _history(epochs):
         rows.append({
             "epoch": epoch, "train_loss": loss, "train_accuracy": 0.9 + 0.09 * (1 - loss),
             "val_loss": loss * 1.1, "val_accuracy": 0.9 + 0.08 * (1 - loss) + rng.random() * 0.001,
-            "test_loss": loss * 1.2, "test_accuracy": 0.9, "seconds": 1.0,
+            "test_loss": loss * 1.2, "test_accuracy": 0.9, "learning_rate": 1e-3 * loss,
+            "seconds": 1.0,
         })
     return rows
 
@@ -173,7 +174,7 @@ def test_metrics_files_are_built_from_history():
     history = _history(3)
     csv = cp_utils.metrics_csv_text(history).splitlines()
     assert csv[0] == ("epoch,train_loss,train_accuracy,val_loss,val_accuracy,"
-                      "test_loss,test_accuracy,seconds")
+                      "test_loss,test_accuracy,learning_rate,seconds")
     assert len(csv) == 4
     assert float(csv[2].split(",")[1]) == history[1]["train_loss"]  # full precision
     text = cp_utils.test_result_text(history)
