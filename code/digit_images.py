@@ -237,6 +237,44 @@ def _paper(grey):
     return paper, 1.4826 * float(np.median(np.abs(levels - paper)))
 
 
+def _level_lighting(grey):
+    """`grey` with the paper's light made even, where it changes across the page.
+
+    A photographed page is often lit from one side: the paper is brighter at one edge than
+    at the other, and one paper level leaves a shadow of background behind as ink (or cuts
+    faint strokes where the paper is bright). The light is modelled as a plane, which
+    cannot take the shape of a stroke: fitted by least squares to the pixels near the
+    current plane (the paper, whatever the ink's polarity), three times, each time keeping
+    the pixels within NOISE_DEVIATIONS deviations of it. It is removed only when it varies
+    across the page by more than the noise; an evenly lit image is returned as it is.
+    """
+    height, width = grey.shape
+    # Every few pixels are plenty for three numbers, and keep a large page fast.
+    step = max(1, int(math.sqrt(grey.size / 20000)))
+    sample = grey[::step, ::step]
+    rows, columns = np.mgrid[0:height:step, 0:width:step]
+    design = np.stack([np.ones(sample.size), rows.ravel() / height, columns.ravel() / width],
+                      axis=1)
+    values = sample.ravel().astype(np.float64)
+    plane = np.full(values.shape, np.median(values))
+    coefficients = None
+    for _ in range(3):
+        residual = values - plane
+        spread = max(1.4826 * float(np.median(np.abs(residual - np.median(residual)))), 1e-3)
+        near = np.abs(residual - np.median(residual)) <= NOISE_DEVIATIONS * spread
+        if near.sum() < 3:
+            return grey
+        coefficients = np.linalg.lstsq(design[near], values[near], rcond=None)[0]
+        plane = design @ coefficients
+    change = abs(coefficients[1]) + abs(coefficients[2])  # from one corner to the other
+    if change <= NOISE_DEVIATIONS * spread:
+        return grey
+    full_rows, full_columns = np.mgrid[0:height, 0:width]
+    light = coefficients[1] * full_rows / height + coefficients[2] * full_columns / width
+    # The paper keeps its mean level; only its slope goes.
+    return np.clip(grey - (light - light.mean()), 0.0, 1.0).astype(grey.dtype)
+
+
 def _ink(grey, invert):
     """Ink in [0, 1], the strongest ink 1 and the background 0, from grey levels in [0, 1].
 
@@ -244,6 +282,7 @@ def _ink(grey, invert):
     the paper's noise still reaches; whether the grey levels were inverted; and the
     background level that was removed (after any inversion).
     """
+    grey = _level_lighting(grey)
     paper, noise = _paper(grey)
     if invert == "auto":
         # Paper nearer the brightest pixels than the darkest means dark ink, the opposite
@@ -287,6 +326,9 @@ def _normalise(ink, noise):
     "scale" and "field_box" entries in the pixels of the ink array.
     """
     inked = ink > max(BOX_INK_FRACTION, noise)
+    if not inked.any():
+        raise ImageError("it holds no ink that stands out from the paper's noise (the "
+                         "strokes are too faint, or the light too uneven)")
     rows = np.flatnonzero(inked.any(axis=1))
     columns = np.flatnonzero(inked.any(axis=0))
     top, bottom = int(rows[0]), int(rows[-1]) + 1
