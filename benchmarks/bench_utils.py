@@ -22,14 +22,27 @@ SAVED_LINE = re.compile(r"rendered in ([0-9.]+) s, written in ([0-9.]+) s"
 
 
 def cpu_name():
+    """The CPU's name, family and model, and the vector instructions that decide the
+    kernels' speed and last bits, e.g. 'AMD EPYC (family 26, model 2; AVX2, AVX-512 with
+    VNNI and BF16)'."""
+    fields = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    vector = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512")) if flag in flags]
+    extras = [name for flag, name in (("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"))
+              if flag in flags]
+    if extras and "AVX-512" in vector:
+        vector[-1] += " with " + " and ".join(extras)
+    if "amx_tile" in flags:
+        vector.append("AMX")
+    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')}; {', '.join(vector) or 'no AVX2'})")
 
 
 def machine():

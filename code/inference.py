@@ -166,18 +166,20 @@ def _print_evaluation(result, row, out):
            "other libraries, kernels or data than in training)."))
     width = max(5, max(len(entry["class"]) for entry in result["per_class"]))
     out("")
-    out(f"{'class':<{width}}  {'precision':>9}  {'recall':>7}  {'F1':>6}  {'support':>7}")
+    out(f"{'class':<{width}}  {'precision %':>11}  {'recall %':>8}  {'F1 %':>6}  {'support':>7}")
 
     def percent(value):
         return "-" if value is None else f"{100 * value:.2f}"
 
     for entry in result["per_class"]:
-        out(f"{entry['class']:<{width}}  {percent(entry['precision']):>9}  "
-            f"{percent(entry['recall']):>7}  {percent(entry['f1']):>6}  {entry['support']:>7,}")
+        out(f"{entry['class']:<{width}}  {percent(entry['precision']):>11}  "
+            f"{percent(entry['recall']):>8}  {percent(entry['f1']):>6}  {entry['support']:>7,}")
     pairs = result["most_confused"]
     out("")
     if pairs:
-        out("Most confused (true -> predicted: count): " + ", ".join(
-            f"{pair['true']} -> {pair['predicted']}: {pair['count']}" for pair in pairs))
+        out("Most confused (true -> predicted: images):")
+        for start in range(0, len(pairs), 5):
+            out("  " + ", ".join(f"{pair['true']} -> {pair['predicted']}: {pair['count']}"
+                                 for pair in pairs[start:start + 5]))
     else:
         out("No test image was misclassified.")

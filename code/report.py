@@ -453,6 +453,15 @@ def _files_section(history):
     run_files = (run_layout.CONFIG_FILE, run_layout.METRICS_FILE, run_layout.TEST_RESULT_FILE)
     files = ", ".join(f'<a href="{name}">{name}</a>' for name in run_files)
     parts = [f"<p>In the run directory beside this page: {files}.</p>"]
+    if history:
+        # The loop writes both before the page, once an epoch is published.
+        parts.append(
+            f'<p><a href="{run_layout.BEST_DIR}/">{run_layout.BEST_DIR}/</a>: the best '
+            f"epoch's model ({run_layout.BEST_MODEL_FILE}, {run_layout.BEST_SAVED_MODEL_DIR}/, "
+            f"{run_layout.BEST_RECORD_FILE}); <code>python code/main.py predict --run-dir "
+            f"RUN IMAGE</code> classifies your own images with it. "
+            f'<a href="{run_layout.TENSORBOARD_DIR}/">{run_layout.TENSORBOARD_DIR}/</a>: '
+            "the TensorBoard logs (<code>tensorboard --logdir runs</code>).</p>")
     if items:
         parts += ["<p>Every epoch's folder (checkpoint, metrics.json and plots):</p>",
                   f'<ul class="folders">{items}</ul>']

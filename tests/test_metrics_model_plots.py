@@ -195,3 +195,17 @@ def test_reporter_shows_all_six_numbers():
 def test_resume_command_drops_overwrite():
     command = basic_utils.resume_command("code/main.py", ["--overwrite", "--epochs", "3"])
     assert command == "python code/main.py --epochs 3"
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_misclassified_grid_grows_with_its_mistakes_and_names_the_classes(dataset):
+    names = dataset_utils.CLASS_NAMES[dataset]
+    rng = np.random.default_rng(0)
+    heights = []
+    for count in (1, 6, 7, 36):
+        png = plots.misclassified_visualizer(
+            rng.integers(0, 256, (count, 28, 28)), rng.integers(0, 10, count),
+            rng.integers(0, 10, count), rng.random(count), names, f"{count} mistakes")
+        heights.append(_decode_png(png).shape[0])
+    # Six tiles a row: one row for 1 and 6 mistakes, two for 7, six for 36.
+    assert heights[0] == heights[1] < heights[2] < heights[3]
