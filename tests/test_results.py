@@ -19,6 +19,7 @@ import pytest
 import browser
 import cp_utils
 import helpers
+import report
 import run_layout
 import summaries
 import train_validation_test
@@ -342,7 +343,12 @@ def test_report_of_a_real_run_in_chromium(trained, tmp_path):
     cells = page["cells"]
     assert {int(cell["epoch"]) for cell in cells} == set(rows)
     for cell in cells:
-        assert float(cell["value"]) == rows[int(cell["epoch"])][cell["column"]], cell
+        value = rows[int(cell["epoch"])][cell["column"]]
+        assert float(cell["value"]) == value, cell
+        kind = next((kind for kind in ("loss", "accuracy", "seconds", "learning_rate")
+                     if cell["column"].endswith(kind)), None)
+        shown = str(int(value)) if kind is None else report.format_number(kind, value)
+        assert cell["text"] == shown, cell  # the epoch number, or the rounded value
     assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")
 
 
