@@ -5,7 +5,8 @@ chosen by test accuracy. best/ holds
 
     model.keras    the network with the weights it was validated with (the weight average
                    when the run keeps one), for `keras.saving.load_model` once this
-                   project's `model` module is imported (it registers the classes)
+                   project's `model` module is imported (it registers the classes); like
+                   the network in training it returns logits, not probabilities
     saved_model/   a TensorFlow SavedModel whose `serve` signature takes float32 images
                    [N, 28, 28, 1] in [0, 1] (ink 1, background 0) and returns class
                    probabilities [N, classes]; plain `tf.saved_model.load` reads it
@@ -90,12 +91,18 @@ def publish(run_dir, network, row, class_names, versions):
         "chosen_by": "validation accuracy",
         "class_names": list(class_names),
         "input": INPUT_FORMAT,
-        "output": "class probabilities [N, classes] (softmax), in class_names' order",
         "files": {
-            run_layout.BEST_MODEL_FILE: "keras.saving.load_model, after importing the "
-                                        "project's code/model.py",
-            run_layout.BEST_SAVED_MODEL_DIR: f"tf.saved_model.load(path).{SERVE_ENDPOINT}"
-                                             "(images)",
+            run_layout.BEST_MODEL_FILE: {
+                "load": "keras.saving.load_model(path), after importing the project's "
+                        "code/model.py",
+                "output": "logits [N, classes] in class_names' order (apply a softmax "
+                          "for probabilities)",
+            },
+            run_layout.BEST_SAVED_MODEL_DIR: {
+                "load": f"tf.saved_model.load(path).{SERVE_ENDPOINT}(images)",
+                "output": "class probabilities [N, classes] (softmax), in class_names' "
+                          "order",
+            },
         },
         "versions": versions,
     }

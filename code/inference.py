@@ -35,9 +35,14 @@ def _read_json(path, what):
 
 
 def _check_run_dir(run_dir):
+    """Refuse a --run-dir that is missing or holds no run of this program."""
     if not os.path.isdir(run_dir):
         raise UserError(f"run directory {run_dir} does not exist; pass the --run-dir of a "
                         "trained run (python code/main.py prints it when it starts).")
+    if not os.path.exists(os.path.join(run_dir, run_layout.CONFIG_FILE)):
+        raise UserError(f"{run_dir} is not a run directory (it has no "
+                        f"{run_layout.CONFIG_FILE}); pass the --run-dir of a trained run "
+                        "(python code/main.py prints it when it starts).")
 
 
 # ----------------------------------------------------------------------------------------
@@ -53,8 +58,8 @@ def predict(run_dir, paths, top_k=1, invert="auto", as_json=False, out=print):
     model_path = os.path.join(best_dir, run_layout.BEST_MODEL_FILE)
     if not os.path.exists(model_path):
         raise UserError(f"{run_dir} has no best model yet ({model_path} is missing; it is "
-                        "written at the end of the first epoch). Train first: python "
-                        "code/main.py --run-dir " + run_dir)
+                        "written at the end of the first epoch): rerun its training command "
+                        "until an epoch completes.")
     best = _read_json(os.path.join(best_dir, run_layout.BEST_RECORD_FILE), "best-model record")
     class_names = best["class_names"]
     if not 1 <= top_k <= len(class_names):
@@ -120,7 +125,12 @@ def evaluate(run_dir, epoch=None, data_dir=None, as_json=False, out=print):
     """Re-evaluate the best (or `epoch`'s) checkpoint of the run on the test split and
     print loss, accuracy, the per-class table and the most-confused pairs; returns 0."""
     _check_run_dir(run_dir)
-    record = run_record.read_record(os.path.join(run_dir, run_layout.CONFIG_FILE))
+    config_path = os.path.join(run_dir, run_layout.CONFIG_FILE)
+    try:
+        record = run_record.read_record(config_path)
+    except UserError:
+        raise UserError(f"{config_path} cannot be read as this program's record; pass the "
+                        "--run-dir of a trained run.") from None
     if record is None:
         raise UserError(f"{run_dir} holds no run of this program (no config.json of its "
                         "own); pass the --run-dir of a trained run.")

@@ -53,6 +53,9 @@ def _choices(names):
 def build_parser():
     parser = OneLineParser(
         prog="main.py",
+        usage="%(prog)s [options]  (train; rerun to resume)\n"
+              "       %(prog)s predict --run-dir RUN IMAGE [IMAGE ...] [options]\n"
+              "       %(prog)s evaluate --run-dir RUN [--epoch N] [options]",
         description="Train a convolutional MNIST classifier; rerun the same command to resume.",
         epilog="Presets: standard (default) is the most accurate recipe; fast trains a "
                "smaller network for two epochs; seed is the original project's recipe, for "
@@ -138,9 +141,9 @@ def build_parser():
 def build_predict_parser():
     parser = OneLineParser(
         prog="main.py predict",
-        description="Classify your own digit images with a run's best model (best/): PNG "
-                    "or JPEG, any size, colour or grey; dark ink on light paper or light on "
-                    "dark is detected. Each is prepared as MNIST's digits were (its ink "
+        description="Classify your own digit images with a run's best model (best/): PNG, "
+                    "JPEG or any image Pillow reads, any size, colour or grey; dark ink on "
+                    "light paper or light on dark is detected. Each is prepared as MNIST's digits were (its ink "
                     "scaled into 20x20, centred by centre of mass in 28x28).",
         epilog="Exit code 1 when an image could not be read (the others are still "
                "classified), 2 for a bad command.")
@@ -150,7 +153,8 @@ def build_predict_parser():
                         help="show the K most probable classes (default: %(default)s)")
     parser.add_argument("--invert", default="auto", metavar="{auto,yes,no}",
                         help="yes: the image is dark ink on light paper; no: light ink on "
-                             "dark, as MNIST; auto decides from the image's border "
+                             "dark, as MNIST (refused for an image that shows the other); "
+                             "auto decides from the paper around the digit "
                              "(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     return parser

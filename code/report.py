@@ -30,7 +30,7 @@ EPOCH_COLUMNS = (
     ("val_accuracy", "Validation", "accuracy", "accuracy"),
     ("test_loss", "Test", "loss", "loss"),
     ("test_accuracy", "Test", "accuracy", "accuracy"),
-    ("learning_rate", None, "Learning rate", "learning_rate"),
+    ("learning_rate", None, "Learning rate at its end", "learning_rate"),
     ("seconds", None, "Seconds", "seconds"),
 )
 # The record's settings in the order and words the page shows them; any other scalar

@@ -136,3 +136,32 @@ def test_quiet_prints_only_the_epoch_blocks_and_the_final_line(tiny_mnist_dir, t
     assert lines[0].startswith("Epoch 1/2") and lines[-1].startswith("Done: 2 epochs.")
     block = ("Epoch ", "  train ", "  validation ", "  test ", "  saved ")
     assert all(line.startswith(block) for line in lines[:-1]), lines
+
+
+def test_estimates_leave_out_the_slow_first_step_and_wait_for_a_few_steps():
+    clock, stream = FakeClock(), io.StringIO()
+    shown = progress.EpochProgress("heartbeat", 1, 1, steps=1000, done=0, batch_size=10,
+                                   stream=stream, clock=clock)
+    clock.now = 120.0  # the first step traces and compiles: two minutes
+    shown.after_step(1, _sums(1, 10))
+    assert "left" not in stream.getvalue() and "- img/s" in stream.getvalue()
+    for step in range(2, 62):
+        clock.now += 1.0  # then one second per step
+        shown.after_step(step, _sums(step, 10))
+    last = stream.getvalue().splitlines()[-1]
+    # 60 timed steps in 60 s: 10 img/s and 939 steps (15:39) left, not the 2 minutes of
+    # the first step spread over them.
+    assert "step 61/1000" in last and "10 img/s" in last and "15:39 left in the epoch" in last
+
+
+def test_a_narrow_bar_keeps_the_time_left(monkeypatch):
+    # 80 columns and no height, as some containers report: a fixed-size bar.
+    monkeypatch.setattr(progress, "_terminal_size", lambda stream: (80, 0))
+    clock, stream = FakeClock(), io.StringIO()
+    shown = progress.EpochProgress("bar", 1, 2, steps=100, done=0, batch_size=10,
+                                   stream=stream, clock=clock)
+    for step in range(1, 51):
+        clock.now += 0.1
+        shown.after_step(step, _sums(step, 10))
+    frames = [frame for frame in stream.getvalue().split("\r") if frame.strip()]
+    assert "left 0:05, run " in frames[-1] and all(len(frame) <= 80 for frame in frames)

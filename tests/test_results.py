@@ -389,7 +389,13 @@ def test_predict_classifies_good_files_and_reports_bad_ones(trained, tmp_path, c
         (guess,) = entry["predictions"]
         assert guess["class"] in [str(digit) for digit in range(10)] and 0 < guess["probability"] <= 1
     code, _, err = helpers.run_main(capsys, "predict", "--run-dir", tmp_path, good[0])
+    assert code == 2 and "is not a run directory" in err and err.count("\n") == 1
+    (tmp_path / "config.json").write_text("{}")  # a run whose first epoch never finished
+    code, _, err = helpers.run_main(capsys, "predict", "--run-dir", tmp_path, good[0])
     assert code == 2 and "has no best model yet" in err and err.count("\n") == 1
+    (tmp_path / "pictures").mkdir()
+    code, _, err = helpers.run_main(capsys, "evaluate", "--run-dir", tmp_path / "pictures")
+    assert code == 2 and "is not a run directory" in err and "--overwrite" not in err
 
 
 def _mnist_test_split(folder, count):
