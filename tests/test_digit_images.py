@@ -102,14 +102,14 @@ def _write_enlarged(digit, folder):
     return path
 
 
-def _write_photo(digit, folder):
-    """A photo-like JPEG: the enlarged digit as grey ink on light grey paper, with sensor
-    noise and light that falls off from right to left."""
+def _write_photo(digit, folder, light=0.04, paper_level=0.85, contrast=0.55, name="photo"):
+    """A photo-like JPEG: the enlarged digit as grey ink on grey paper, with sensor noise
+    and light that rises by 2 * `light` from the left edge to the right."""
     ink = np.asarray(_enlarged_page(digit), dtype=np.float64) / 255.0
     noise = np.random.default_rng(int(digit.sum())).normal(0.0, 0.02, ink.shape)
-    light = np.linspace(-0.04, 0.04, ink.shape[1])[np.newaxis, :]
-    paper = np.clip(0.85 - 0.55 * ink + noise + light, 0.0, 1.0)
-    path = folder / "photo.jpg"
+    slope = np.linspace(-light, light, ink.shape[1])[np.newaxis, :]
+    paper = np.clip(paper_level - contrast * ink + noise + slope, 0.0, 1.0)
+    path = folder / f"{name}.jpg"
     Image.fromarray((paper * 255).astype(np.uint8)).save(path, quality=85)
     return path
 
@@ -117,13 +117,8 @@ def _write_photo(digit, folder):
 def _write_side_lit(digit, folder):
     """The photo-like page lit from one side: the paper is 0.24 brighter at its right edge
     than at its left, more than the ink's contrast leaves of the paper's level there."""
-    ink = np.asarray(_enlarged_page(digit), dtype=np.float64) / 255.0
-    noise = np.random.default_rng(int(digit.sum())).normal(0.0, 0.02, ink.shape)
-    light = np.linspace(-0.12, 0.12, ink.shape[1])[np.newaxis, :]
-    paper = np.clip(0.75 - 0.5 * ink + noise + light, 0.0, 1.0)
-    path = folder / "side_lit.jpg"
-    Image.fromarray((paper * 255).astype(np.uint8)).save(path, quality=85)
-    return path
+    return _write_photo(digit, folder, light=0.12, paper_level=0.75, contrast=0.5,
+                        name="side_lit")
 
 
 def _write_transparent(digit, folder):
