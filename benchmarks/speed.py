@@ -99,7 +99,7 @@ def loop_vs_fit(data_dir, repeats, steps, precision, xla):
                                        stream=io.StringIO())
         done = itertools.count(1)
         tvt.go_train(ours, itertools.islice(data.train_batches(epoch, skip), count),
-                     after_step=lambda sums: shown.after_step(next(done), sums))
+                     after_step=lambda sums, _: shown.after_step(next(done), sums))
         shown.close()
 
     fitted = model_module.build_model(config.model, precision=config.precision)

@@ -400,18 +400,23 @@ def keep_on_gpu():
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def augment_batch(images, seed):
+def augment_batch(images, seed, rows=None):
     """Randomly rotate (up to MAX_ROTATION_DEGREES), zoom (up to MAX_ZOOM of the size) and
     shift (up to MAX_SHIFT pixels) each image of a float batch [B, 28, 28, 1].
 
     Draws come from `tf.random.stateless_uniform` with `seed` (shape [2], int64), so the
-    same seed always gives the same images. One projective transform per image maps each
-    output pixel back to its source, sampled bilinearly with zero (background) fill.
+    same seed always gives the same images. `rows` (start, total) says the images are
+    rows start.. of a global batch of `total` (a replica's slice): the draws are made for
+    the global batch and sliced, so an image's augmentation does not depend on how many
+    replicas share its batch. One projective transform per image maps each output pixel
+    back to its source, sampled bilinearly with zero (background) fill.
     """
     import tensorflow as tf
 
-    batch = tf.shape(images)[0]
-    draws = tf.random.stateless_uniform([batch, 4], seed=seed, minval=-1.0, maxval=1.0)
+    batch = tf.shape(images, out_type=tf.int64)[0]
+    start, total = rows if rows is not None else (0, batch)
+    draws = tf.random.stateless_uniform([total, 4], seed=seed, minval=-1.0, maxval=1.0)
+    draws = draws[start:start + batch]
     angle = draws[:, 0] * (MAX_ROTATION_DEGREES * math.pi / 180.0)
     scale = 1.0 + draws[:, 1] * MAX_ZOOM
     shift_x, shift_y = draws[:, 2] * MAX_SHIFT, draws[:, 3] * MAX_SHIFT
@@ -432,10 +437,11 @@ def augment_batch(images, seed):
     )
 
 
-def make_batch(images, labels, indices, seed, augment=None):
+def make_batch(images, labels, indices, seed, augment=None, rows=None):
     """(float images, labels) of examples `indices` of a training set (`images` uint8 or
     float in [0, 1], `labels`), augmented with `seed` where the boolean tensor `augment`
-    says so; None builds no augmentation at all.
+    says so; None builds no augmentation at all. `rows` (start, total): `indices` are
+    rows start.. of a global batch of `total` (`augment_batch`).
 
     The training loop calls it inside its compiled step: gathering, scaling to [0, 1] and
     augmenting there keeps the whole step one graph, with no input-pipeline threads
@@ -447,7 +453,7 @@ def make_batch(images, labels, indices, seed, augment=None):
     if batch_images.dtype == tf.uint8:
         batch_images = _to_float(batch_images)
     if augment is not None:
-        batch_images = tf.cond(augment, lambda: augment_batch(batch_images, seed),
+        batch_images = tf.cond(augment, lambda: augment_batch(batch_images, seed, rows),
                                lambda: batch_images)
     return batch_images, tf.gather(labels, indices)
 
@@ -470,12 +476,18 @@ class MnistData:
     # Epochs from this one (1-based) on train on the images as they are (None: never;
     # settings.first_clean_epoch).
     clean_from_epoch: int | None = None
+    # Replicas that share each global batch (distribution.Distribution.replicas).
+    replicas: int = 1
     _eval_cache: dict = dataclasses.field(default_factory=dict)
     _tensor_cache: dict = dataclasses.field(default_factory=dict)
 
     @property
     def steps_per_epoch(self):
-        return math.ceil(len(self.train_labels) / self.batch_size)
+        """Batches per epoch. A last batch smaller than the number of replicas would leave
+        a replica without examples (batch normalisation then computes NaN statistics), so
+        such a remainder joins the batch before it instead."""
+        full, remainder = divmod(len(self.train_labels), self.batch_size)
+        return full + (1 if remainder >= self.replicas or not full else 0)
 
     def host_tensors(self):
         """The training arrays as uint8 tensors in host memory, made once per run: what
@@ -497,7 +509,9 @@ class MnistData:
         pixel), so that no step moves images from the host."""
         import tensorflow as tf
 
-        if not keep_on_gpu():
+        if not keep_on_gpu() or self.replicas > 1:
+            # Several replicas gather their slices from the host copy: a copy in one GPU's
+            # memory would be read across devices by the others.
             return self.host_tensors()
         if "device" not in self._tensor_cache:
             images, labels = self.host_tensors()
@@ -521,12 +535,13 @@ class MnistData:
         return tf.stack([tf.constant(self.seed, tf.int64),
                          tf.constant(epoch, tf.int64) * 1_000_000 + tf.cast(batch, tf.int64)])
 
-    def make_batch(self, indices, seed, augment):
+    def make_batch(self, indices, seed, augment, rows=None):
         """(float images, labels) of the training examples `indices`, augmented with `seed`
         where the boolean tensor `augment` says so (see `make_batch`), from the training
         set as the steps hold it."""
         images, labels = self.training_tensors()
-        return make_batch(images, labels, indices, seed, augment if self.augment else None)
+        return make_batch(images, labels, indices, seed, augment if self.augment else None,
+                          rows)
 
     def train_batches(self, epoch, skip=0):
         """(indices, augmentation seed, augment) of each batch of 1-based `epoch`, as tensors.
@@ -538,8 +553,11 @@ class MnistData:
         import tensorflow as tf
 
         order, augment = self.epoch_order(epoch), tf.constant(self.augments(epoch))
-        for batch in range(skip, self.steps_per_epoch):
-            indices = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+        steps = self.steps_per_epoch
+        for batch in range(skip, steps):
+            # The last batch takes every example left (see steps_per_epoch).
+            end = (batch + 1) * self.batch_size if batch + 1 < steps else len(order)
+            indices = order[batch * self.batch_size:end]
             yield tf.constant(indices, tf.int64), self.batch_seed(epoch, batch), augment
 
     def _eval_batches(self, split):
@@ -564,8 +582,9 @@ class MnistData:
         return self._eval_batches("test")
 
 
-def load_processing_mnist(config, raw=None, announce=print):
-    """Load (or take the injected `raw`) data, split off validation and wrap the splits."""
+def load_processing_mnist(config, raw=None, announce=print, replicas=1):
+    """Load (or take the injected `raw`) data, split off validation and wrap the splits
+    for training on `replicas` replicas."""
     if raw is None:
         raw = load_raw(config, announce=announce)
     train_index, validation_index = split_train_validation(
@@ -576,6 +595,11 @@ def load_processing_mnist(config, raw=None, announce=print):
             f"--batch-size {config.batch_size} is larger than the training split "
             f"({len(train_index):,} images after {len(validation_index):,} were held out for "
             "validation); pass a smaller --batch-size.")
+    if config.batch_size < replicas:
+        raise UserError(
+            f"--batch-size {config.batch_size} is smaller than the {replicas} replicas that "
+            "share each batch, so some would get no examples; pass a --batch-size of at "
+            f"least {replicas}.")
     info = {
         "source": raw.source,
         "description": raw.description,
@@ -598,4 +622,5 @@ def load_processing_mnist(config, raw=None, announce=print):
         seed=config.seed,
         augment=config.augment,
         clean_from_epoch=settings.first_clean_epoch(config),
+        replicas=replicas,
     )

@@ -10,6 +10,7 @@ Errors the user can fix end with one line on stderr and exit code 2, never a tra
 """
 
 import argparse
+import os
 import sys
 
 import basic_utils
@@ -18,6 +19,7 @@ import basic_utils
 basic_utils.set_tensorflow_environment()
 
 import dataset_utils  # noqa: E402  (imports no TensorFlow)
+import distribution  # noqa: E402  (imports no TensorFlow)
 import settings  # noqa: E402
 
 
@@ -120,6 +122,15 @@ def build_parser():
     parser.add_argument("--xla", action="store_true", default=keep,
                         help="compile the steps with XLA (for GPUs; slower on CPUs); needs "
                              "--no-determinism")
+    parser.add_argument("--distribute", default=keep, metavar=_choices(settings.DISTRIBUTE),
+                        help="spread each batch over devices with tf.distribute: mirrored "
+                             "uses this machine's GPUs (or --devices); multi-worker the "
+                             "machines of the TF_CONFIG variable, one process each, where "
+                             "worker 0 writes the run directory (default: none)")
+    parser.add_argument("--devices", default=keep, metavar="LIST",
+                        help="with --distribute mirrored, the devices to use, e.g. "
+                             "GPU:0,GPU:1; CPU:0,CPU:1 splits the CPU into logical devices "
+                             "(default: every GPU)")
     parser.add_argument("--checkpoint-every-steps", type=integer, default=keep, metavar="N",
                         help="also checkpoint inside an epoch every N training steps, so an "
                              "interruption loses at most N steps; 0 turns it off "
@@ -215,6 +226,8 @@ def main(arguments=None):
         if config.data_dir:
             # A wrong folder is reported now, not after TensorFlow's slow start.
             dataset_utils.find_idx_files(config.data_dir, config.dataset)
+        if config.distribute == "multi-worker":
+            distribution.read_tf_config()
         basic_utils.import_tensorflow()
         import training_loop  # noqa: E402  (TensorFlow loads here)
 
@@ -222,6 +235,13 @@ def main(arguments=None):
     except basic_utils.UserError as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 2
+    except distribution.WorkerFailed as error:
+        print(f"main.py: error: {error}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Nothing is left to save (every write is atomic and finished), and TensorFlow's
+        # shutdown would wait at a barrier for the worker that is gone.
+        os._exit(1)
     except KeyboardInterrupt:
         # Without --overwrite: rerunning with it would start over instead of resuming.
         command = basic_utils.resume_command(script, arguments)

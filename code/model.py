@@ -59,13 +59,19 @@ class FusedBatchNorm(keras.layers.Layer):
         channels = (input_shape[-1],)
         self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+        # Under a tf.distribute strategy each replica computes its own batch statistics;
+        # "mean" aggregation averages the replicas' updated values into every copy, so
+        # all replicas hold the same moving statistics (Keras' default, "none", lets each
+        # copy drift with its own slices). Without a strategy it changes nothing.
         self.moving_mean = self.add_weight(shape=channels, initializer="zeros",
-                                           trainable=False, name="moving_mean")
+                                           trainable=False, aggregation="mean",
+                                           name="moving_mean")
         self.moving_variance = self.add_weight(shape=channels, initializer="ones",
-                                               trainable=False, name="moving_variance")
+                                               trainable=False, aggregation="mean",
+                                               name="moving_variance")
         # Updates of the moving averages so far, for their bias correction.
         self.updates = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                       name="updates")
+                                       aggregation="mean", name="updates")
 
     def call(self, inputs, training=False):
         if not training:

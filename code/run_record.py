@@ -102,6 +102,39 @@ def version_differences(saved, current):
             for name, value in new.items() if old.get(name, "unrecorded") != value]
 
 
+# What a record without a "distribution" entry (made before --distribute) was trained on.
+ONE_DEVICE = {"strategy": "none", "replicas": 1, "workers": 1}
+
+
+def carry_distribution(saved, current, completed_epochs):
+    """Put into record `current` the distribution changes of record `saved` (a resumed
+    run's), and this invocation's own if its distribution differs from the saved one
+    (after `completed_epochs`); returns the change in words, or None when there is none.
+
+    A run may continue on another replica count or strategy: the state it restores does
+    not depend on either, but the sums add up in another order (and batch normalisation
+    sees other slices), so its numbers differ slightly from a run that never changed."""
+    before = saved.get("distribution", ONE_DEVICE)
+    changes = list(saved.get("distribution_changes", []))
+    after = current["distribution"]
+    if before != after:
+        changes.append({"after_epoch": completed_epochs, "from": before, "to": after})
+    if changes:
+        current["distribution_changes"] = changes
+    if before == after:
+        return None
+    return (f"{describe_distribution(before)} -> {describe_distribution(after)}")
+
+
+def describe_distribution(entry):
+    """A record's distribution in words, e.g. 'mirrored, 2 replicas'."""
+    replicas = entry["replicas"]
+    words = f"{entry['strategy']}, {replicas} replica{'' if replicas == 1 else 's'}"
+    if entry.get("workers", 1) > 1:
+        words += f" on {entry['workers']} workers"
+    return words
+
+
 def check_compatible(path, saved, current):
     """Refuse to continue the run in `path` (record `saved`) with record `current`."""
     if saved.get("format_version") != FORMAT_VERSION:

@@ -28,6 +28,10 @@ SCHEDULES = ("one-cycle", "constant")
 # float32 throughout, or float16 arithmetic with float32 weights and loss scaling
 # ("mixed"); "auto" is resolved by `resolve_precision` before a run starts.
 PRECISIONS = ("auto", "float32", "mixed")
+# How the steps spread over devices (distribution.py): one device; tf.distribute's
+# MirroredStrategy over this machine's GPUs (or --devices); MultiWorkerMirroredStrategy
+# over the machines TF_CONFIG names.
+DISTRIBUTE = ("none", "mirrored", "multi-worker")
 
 # Named bundles of the settings that make a recipe. A flag given on the command line
 # overrides its preset's value.
@@ -86,6 +90,8 @@ class Config:
     deterministic: bool = True
     precision: str = "auto"
     xla: bool = False
+    distribute: str = "none"
+    devices: str | None = None  # --devices for mirrored, e.g. "GPU:0,GPU:1" or "CPU:0,CPU:1"
     checkpoint_every_steps: int = 250
     data_dir: str | None = None
     run_dir: str | None = None
@@ -99,6 +105,7 @@ class Config:
         _check_choice("--schedule", self.schedule, SCHEDULES)
         _check_choice("--precision", self.precision, PRECISIONS)
         _check_choice("--dataset", self.dataset, DATASETS)
+        _check_choice("--distribute", self.distribute, DISTRIBUTE)
         _check_integer("--epochs", self.epochs, minimum=1)
         _check_integer("--batch-size", self.batch_size, minimum=1)
         _check_integer("--clean-epochs", self.clean_epochs, minimum=0)
@@ -114,11 +121,41 @@ class Config:
         for flag, path in (("--data-dir", self.data_dir), ("--run-dir", self.run_dir)):
             if path is not None and not path.strip():
                 raise UserError(f"{flag} is empty; pass a folder (or leave the flag out).")
+        if self.devices is not None:
+            parse_devices(self.devices)
+            if self.distribute != "mirrored":
+                raise UserError(f"--devices is for --distribute mirrored (this run has "
+                                f"--distribute {self.distribute}); leave it out or pass "
+                                "--distribute mirrored.")
+        if self.xla and self.distribute != "none":
+            # XLA compiles the step as one graph, and a tf.distribute step makes calls
+            # across replicas (merge_call) that a compiled graph cannot hold: TensorFlow
+            # fails with "merge_call called while defining a new graph".
+            raise UserError(f"--xla cannot be combined with --distribute {self.distribute}: "
+                            "TensorFlow cannot compile a distributed step with XLA; leave "
+                            "out --xla.")
         if self.xla and self.deterministic:
             raise UserError(
                 "--xla needs --no-determinism: XLA has no deterministic gradient of "
                 "max-pooling, so TensorFlow refuses to compile the training step while op "
                 "determinism is on.")
+
+
+def parse_devices(text):
+    """The device names of --devices ("GPU:0,GPU:1", "CPU:0,CPU:1", case as given) as a
+    tuple of (kind, index), kind "CPU" or "GPU"; raises `UserError` for anything else."""
+    devices = []
+    for name in text.split(","):
+        kind, _, index = name.strip().upper().partition(":")
+        if kind not in ("CPU", "GPU") or not index.isdigit():
+            raise UserError(f"--devices must list devices such as GPU:0,GPU:1 or "
+                            f"CPU:0,CPU:1, got {text!r}.")
+        devices.append((kind, int(index)))
+    if len(set(devices)) != len(devices):
+        raise UserError(f"--devices names a device twice: {text!r}.")
+    if len({kind for kind, _ in devices}) > 1:
+        raise UserError(f"--devices mixes CPUs and GPUs ({text!r}); list one kind.")
+    return tuple(devices)
 
 
 def _check_choice(flag, value, choices):

@@ -209,15 +209,19 @@ class TrainState:
         return named
 
 
-def create_train_state(config, num_classes, steps_per_epoch):
+def create_train_state(config, num_classes, steps_per_epoch, strategy=None):
     """A fresh `TrainState` for `config` (precision resolved): the network with its
-    initial weights, the optimizer built for it, and the weight average if one is kept.
+    initial weights, the optimizer built for it, and the weight average if one is kept,
+    all created in the scope of the tf.distribute `strategy` when one is given (their
+    variables are then mirrored on its replicas).
 
     The optimizer is built here, eagerly: unbuilt, a LossScaleOptimizer's `scale_loss`
-    multiplies by a Python constant, which a compiled step would keep for ever.
+    multiplies by a Python constant, which a compiled step would keep for ever, and
+    building it inside a traced step fails under a strategy (keras-team/keras#23085).
     """
-    network = model_module.build_model(config.model, num_classes=num_classes,
-                                       precision=config.precision)
-    optimizer = make_optimizer(config, steps_per_epoch)
-    optimizer.build(network.trainable_variables)
-    return TrainState(network, optimizer, make_weight_average(config, network))
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        network = model_module.build_model(config.model, num_classes=num_classes,
+                                           precision=config.precision)
+        optimizer = make_optimizer(config, steps_per_epoch)
+        optimizer.build(network.trainable_variables)
+        return TrainState(network, optimizer, make_weight_average(config, network))

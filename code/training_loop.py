@@ -23,6 +23,7 @@ import basic_utils
 import best_model
 import cp_utils
 import dataset_utils
+import distribution
 import learning_env_setting
 import plots
 import progress
@@ -56,6 +57,7 @@ class Run:
     stop_signal: basic_utils.StopSignal = None
     saved: str = ""  # the newest state on disk, in words, for a divergence message
     overhead_seconds: float = 0.0  # an epoch's evaluation and saving, for the time left
+    distribution: "distribution.Distribution" = None
 
 
 def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
@@ -64,18 +66,53 @@ def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
     `raw` injects `dataset_utils.RawData` (tests); `arguments` are the command-line
     arguments, used to print the command that resumes after an interruption.
     """
+    # The strategy first: logical devices and a cluster can only be set up before
+    # TensorFlow starts its runtime.
+    cluster = distribution.create(config)
     # Where the data come from is worth saying even with --quiet (the packaged digits are
     # a fallback the user must notice), so the loading notes always go out.
-    data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out)
+    data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out,
+                                               replicas=cluster.replicas)
+    note = (lambda *_: None) if config.quiet else out
+    command = basic_utils.resume_command(script, arguments)
+    mode = progress.choose_mode(config.quiet)
+    if not cluster.is_chief:
+        return _run_worker(Run(config, data, None, out, note, command, progress_mode=mode,
+                               distribution=cluster))
+    # Only the chief opens (and locks) the run directory.
     directory = learning_env_setting.dir_setting(
         learning_env_setting.run_dir_path(config, data.info["source"]), config.overwrite)
-    note = (lambda *_: None) if config.quiet else out
     try:
-        return _run_in(Run(config, data, directory, out, note,
-                           basic_utils.resume_command(script, arguments),
-                           progress_mode=progress.choose_mode(config.quiet)))
+        return _run_in(Run(config, data, directory, out, note, command, progress_mode=mode,
+                           distribution=cluster))
     finally:
         directory.close()
+
+
+def _run_worker(run):
+    """A worker other than the chief: it takes the chief's state, trains in step with the
+    other workers and writes nothing (the chief publishes every file)."""
+    cluster = run.distribution
+    run.note(f"Worker {cluster.worker} of {cluster.workers}: the chief (worker 0) writes "
+             "the run directory; this worker writes nothing.")
+    run.config = dataclasses.replace(run.config, precision=settings.resolve_precision(
+        run.config.precision, None, bool(tf.config.list_physical_devices("GPU"))))
+    run.record = run_record.make_record(run.config, run.data.info, library_versions())
+    run.record["distribution"] = cluster.record()
+    run.stop_signal = basic_utils.StopSignal()
+    try:
+        with _worker_failures(run):
+            state = _build_state(run)
+            _share_state(run, state)
+            if state.epoch > run.config.epochs:
+                run.out(f"Run is complete ({run.config.epochs} epochs); the chief holds its "
+                        "results. Nothing to do.")
+                return 0
+            run.steps = train_validation_test.Steps(state, run.data.make_batch,
+                                                    strategy=cluster.strategy)
+            return _train_epochs(run, state)
+    finally:
+        run.stop_signal.restore()
 
 
 def _run_in(run):
@@ -88,6 +125,7 @@ def _run_in(run):
         run.config.precision, saved and saved.get("precision"),
         bool(tf.config.list_physical_devices("GPU"))))
     run.record = run_record.make_record(run.config, info, library_versions())
+    run.record["distribution"] = run.distribution.record()
     if saved is not None:
         _check_continuation(run, saved)
     with _disk_errors(run):
@@ -98,6 +136,13 @@ def _run_in(run):
         # A run killed right after publishing its last epoch may lack what follows it. Its
         # config.json stays as it is, and so does the report made from it.
         _bring_outputs_up_to_date(run, _published_history(run), directory.saved_record)
+        if run.distribution.workers > 1:
+            # The other workers wait for the chief's state; a state past the last epoch
+            # tells them that there is nothing to do.
+            with _worker_failures(run):
+                state = _build_state(run)
+                state.epoch = directory.latest_epoch + 1
+                _share_state(run, state)
         _report_complete(run)
         return 0
     if not directory.latest_epoch and os.path.isdir(directory.epoch_path(1)):
@@ -109,8 +154,9 @@ def _run_in(run):
     # From here on SIGINT and SIGTERM stop the run after its next step, with a checkpoint.
     run.stop_signal = basic_utils.StopSignal()
     try:
-        state = _start(run)
-        return _train_epochs(run, state)
+        with _worker_failures(run):
+            state = _start(run)
+            return _train_epochs(run, state)
     finally:
         run.stop_signal.restore()
 
@@ -119,6 +165,9 @@ def _check_continuation(run, saved):
     """Refuse another run's settings or data; note other libraries or kernels."""
     run_record.check_compatible(run.directory.path, saved, run.record)
     changed = run_record.version_differences(saved, run.record)
+    moved = run_record.carry_distribution(saved, run.record, run.directory.latest_epoch)
+    if moved:
+        changed.append(f"distribution {moved}")
     if changed:
         run.note(f"Note: this run continues with other libraries or kernels than it was "
                 f"trained with so far ({'; '.join(changed)}); it resumes correctly, but its "
@@ -138,8 +187,7 @@ def _start(run):
     """Build the training state, clear an --overwrite's earlier run, restore the newest
     checkpoint, record config.json and compile the steps; returns the state."""
     config, data = run.config, run.data
-    basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
-    state = train_state.create_train_state(config, len(data.class_names), data.steps_per_epoch)
+    state = _build_state(run)
     trainable = sum(int(np.prod(variable.shape)) for variable in state.model.trainable_variables)
     run.note(f"Model: {config.model}, {trainable:,} trainable parameters; "
             f"{config.optimizer}, learning rate {config.learning_rate:g} ({config.schedule}), "
@@ -147,7 +195,8 @@ def _start(run):
             + (f"weight average {config.weight_average:g} " if config.weight_average
                else "no weight average ")
             + f"(preset {config.preset}).")
-    run.note(f"Compute: {describe_compute(config, run.record['versions']['device'])}.")
+    run.note(f"Compute: {describe_compute(config, run.record['versions']['device'])}, "
+             f"{run.distribution.describe()}.")
     # --overwrite takes effect only once the data, the settings and the network are ready:
     # a mistake in any of them leaves the earlier run as it was. (A later failure, such as
     # divergence, no longer has the earlier run to go back to.)
@@ -168,8 +217,48 @@ def _start(run):
     # An interruption just after an epoch was published can leave its event file, best/
     # or the report behind; they are made from the published epochs, so they catch up.
     _bring_outputs_up_to_date(run, state.history, run.record)
-    run.steps = train_validation_test.Steps(state, data.make_batch, jit_compile=config.xla)
+    _share_state(run, state)
+    run.steps = train_validation_test.Steps(state, data.make_batch, jit_compile=config.xla,
+                                            strategy=run.distribution.strategy)
     return state
+
+
+def _build_state(run):
+    """Seed, then create the fresh training state in the run's strategy."""
+    config, data = run.config, run.data
+    basic_utils.set_global_seed(config.seed, deterministic=config.deterministic)
+    return train_state.create_train_state(config, len(data.class_names), data.steps_per_epoch,
+                                          strategy=run.distribution.strategy)
+
+
+def _share_state(run, state):
+    """Give every worker of a multi-worker run the chief's state: its variables and its
+    place in the run (the chief alone reads the run directory), after checking that the
+    workers were started with the same settings and data."""
+    cluster = run.distribution
+    if cluster.workers == 1:
+        return
+    same = {name: run.record[name] for name in (*settings.RESULT_SETTINGS, "epochs",
+                                                 *run_record.DATA_KEYS)}
+    position = np.array([state.epoch, state.step, distribution.digest(same)], np.int64)
+    numbers = np.array([*state.train_sums, state.seconds], np.float64)
+    variables = list(state.named_variables().values())
+    shared = distribution.share_from_chief(
+        cluster, [position, numbers] + [np.asarray(variable.numpy()) for variable in variables])
+    if cluster.is_chief:
+        return
+    if shared[0][2] != position[2]:
+        raise basic_utils.UserError(
+            f"worker {cluster.worker} was started with other settings or data than the "
+            "chief (worker 0); start every worker with the same command and the same data.")
+    for variable, value in zip(variables, shared[2:]):
+        variable.assign(value)
+    state.epoch, state.step = int(shared[0][0]), int(shared[0][1])
+    state.train_sums, state.seconds = shared[1][:3].copy(), float(shared[1][3])
+    if state.epoch > 1 or state.step:
+        run.saved = "the chief's newest checkpoint"
+        run.note(f"Resuming from the chief's state: epoch {state.epoch}"
+                 + (f" after step {state.step}" if state.step else "") + ".")
 
 
 def _restore_newest(run, state):
@@ -244,11 +333,16 @@ def _train_epochs(run, state):
         while state.epoch <= config.epochs:
             _one_epoch(run, state)
             if state.epoch <= config.epochs:
-                run.stop_signal.check()
+                _check_stop(run)
     except basic_utils.StopRequested as stop:
-        run.out(f"\nStopped (signal {stop.signal_number}). Completed epochs are saved "
-                f"({len(state.history)} of {config.epochs}){stop.detail}.\n"
-                f"Resume with: {run.resume_command}")
+        saved = ("Completed epochs are saved" if run.distribution.is_chief
+                 else "The chief saves the completed epochs")
+        run.out(f"\nStopped (signal {stop.signal_number}"
+                + ("" if run.stop_signal.received == stop.signal_number
+                   else ", received by another worker")
+                + f"). {saved} ({state.epoch - 1} of {config.epochs}){stop.detail}.\n"
+                f"Resume with: {run.resume_command}"
+                + (" (on every worker)" if run.distribution.workers > 1 else ""))
         return 128 + stop.signal_number
     except basic_utils.Diverged as problem:
         kept = (f"{run.saved} stays the newest state of {run.directory.path}" if run.saved
@@ -259,12 +353,31 @@ def _train_epochs(run, state):
             f"{problem}. Nothing computed since is saved; {kept}. Lower --learning-rate (it "
             f"is {config.learning_rate:g}) and start over with --overwrite or another "
             "--run-dir.") from None
+    if not run.distribution.is_chief:
+        run.out(f"Done: {_count(config.epochs, 'epoch')}"
+                + (f". Final test accuracy {100 * state.history[-1]['test_accuracy']:.2f}%"
+                   if state.history else "")
+                + ". The chief (worker 0) holds the results.")
+        return 0
     best = cp_utils.best_row(state.history)
     run.out(f"Done: {_count(config.epochs, 'epoch')}. Final test accuracy "
             f"{100 * state.history[-1]['test_accuracy']:.2f}%; best validation accuracy "
             f"{100 * best['val_accuracy']:.2f}% at epoch {best['epoch']} (test "
             f"{100 * best['test_accuracy']:.2f}%). Results in {run.directory.path}")
     return 0
+
+
+def _check_stop(run):
+    """Between epochs: stop when a signal arrived, on every worker alike (they agree
+    through one reduction, so none goes on into an epoch the others left)."""
+    received = run.stop_signal.received
+    if not run.distribution.distributed:
+        run.stop_signal.check()
+        return
+    agreed = train_validation_test.agreed_signal(run.steps.agree_to_stop(
+        train_validation_test.stop_flags(received)).numpy())
+    if agreed is not None:
+        raise basic_utils.StopRequested(agreed)
 
 
 def _one_epoch(run, state):
@@ -295,7 +408,8 @@ def _one_epoch(run, state):
     }
     run.out(basic_utils.training_reporter(row, run.config.epochs, laps.timing))
     state.finish_epoch(row)
-    _publish_epoch(run, state, row, validation, laps)
+    if run.distribution.is_chief:
+        _publish_epoch(run, state, row, validation, laps)
 
 
 class _Laps:
@@ -329,30 +443,36 @@ def _train_rest_of_epoch(run, state, laps):
         run.config.batch_size, later_epochs=run.config.epochs - epoch,
         overhead_seconds=run.overhead_seconds)
 
-    def after_step(sums):
-        stopping = run.stop_signal.received is not None
+    writes = run.distribution.is_chief
+
+    def after_step(sums, agreed):
         step = state.step + 1
-        save = (stopping or (every and step % every == 0)) and step < data.steps_per_epoch
-        if save:
+        # `agreed`: the signal any worker had received by this step (every worker sees the
+        # same). One in the epoch's last step lets the epoch finish and be published.
+        stopping = agreed is not None and step < data.steps_per_epoch
+        save = stopping or bool(every and step % every == 0 and step < data.steps_per_epoch)
+        if save and writes:
             state.check_finite()
         state.step, state.train_sums = step, sums.copy()
         state.seconds = earlier + laps.elapsed()
-        if save:
+        if save and writes:
             checkpoint = cp_utils.checkpoint_bytes(state, run.record)
             with _disk_errors(run):
                 cp_utils.save_in_progress(run.directory.path, checkpoint)
             run.saved = f"the mid-epoch checkpoint after step {step} of epoch {epoch}"
-        if stopping and save:
+        if stopping:
             shown.close()
-            run.stop_signal.check(f"; epoch {epoch} is checkpointed after step {step} of "
-                                  f"{data.steps_per_epoch}")
-        # A signal in the epoch's last step lets the epoch finish and be published.
+            raise basic_utils.StopRequested(
+                agreed, f"; {'' if writes else 'the chief checkpoints '}epoch {epoch}"
+                f"{' is checkpointed' if writes else ''} after step {step} of "
+                f"{data.steps_per_epoch}")
         shown.after_step(step, sums)
 
     try:
         train = train_validation_test.go_train(
             run.steps, data.train_batches(epoch, skip=state.step), sums=state.train_sums,
-            after_step=after_step, num_classes=len(data.class_names))
+            after_step=after_step, num_classes=len(data.class_names),
+            stop=lambda: run.stop_signal.received)
     finally:
         shown.close()
     laps.lap("train", earlier)
@@ -389,8 +509,12 @@ def _publish_epoch(run, state, row, validation, laps):
         summaries.write_epoch(run.directory.path, epoch)
         best = best_model.needs_publishing(run.directory.path, state.history)
         if best is not None:
-            with state.evaluation_weights():
-                best_model.publish(run.directory.path, state.model, best, class_names,
+            # Under a strategy the model's variables are mirrored; the exported model is
+            # made from the published checkpoint on one device instead.
+            source = (epoch_state(run.config, run.data, run.directory.path, epoch)
+                      if run.distribution.distributed else state)
+            with source.evaluation_weights():
+                best_model.publish(run.directory.path, source.model, best, class_names,
                                    run.record["versions"])
         _write_report(run, state.history, run.record)
     laps.lap("outputs")
@@ -557,6 +681,25 @@ def describe_compute(config, device):
 
 def _count(number, noun):
     return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+@contextlib.contextmanager
+def _worker_failures(run):
+    """In a multi-worker run, turn the error of a collective that another worker's death
+    or silence aborted into `distribution.WorkerFailed` (main.py prints one line)."""
+    if run.distribution.workers == 1:
+        yield
+        return
+    try:
+        yield
+    except tf.errors.OpError as error:
+        kept = ("the chief's checkpoints stay as they are" if run.directory is None
+                else f"{run.saved} stays the newest state" if run.saved
+                else "no checkpoint of this run was written yet")
+        raise distribution.WorkerFailed(
+            f"a worker of this multi-worker run failed or stopped answering "
+            f"({distribution.failure_message(error)}); nothing half-written is published "
+            f"and {kept}. Restart every worker with: {run.resume_command}") from None
 
 
 @contextlib.contextmanager
