@@ -36,6 +36,8 @@ HEARTBEAT_TIMEOUT_SECONDS = 5
 # How long a finishing worker waits at TensorFlow's shutdown barrier for the others.
 SHUTDOWN_BARRIER_SECONDS = 30
 JOBS = ("chief", "worker")
+# Set once this process has joined a multi-worker cluster (see `leave`).
+joined_cluster = False
 
 
 class WorkerFailed(Exception):
@@ -136,6 +138,8 @@ def create(config):
     except (ValueError, tf.errors.OpError) as error:
         raise UserError(f"cannot join the cluster of TF_CONFIG as {task_type} {index} "
                         f"({_first_line(error)}); check its addresses and ports.") from None
+    global joined_cluster
+    joined_cluster = True
     devices = tuple(strategy.extended.worker_devices)
     return Distribution(strategy, "multi-worker", strategy.num_replicas_in_sync,
                         workers=workers, worker=worker, devices=devices)
@@ -189,6 +193,20 @@ def _configure_coordination(tf, jobs):
         pass
 
 
+def leave(code):
+    """`code`, to return from main; but a worker of a cluster that ends on an error exits
+    at once. Every write is finished by then, and TensorFlow's shutdown would wait at a
+    barrier (up to SHUTDOWN_BARRIER_SECONDS) for workers that are gone or still training,
+    which then wait for this one."""
+    import sys
+
+    if joined_cluster and code != 0:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def _first_line(error):
     message = getattr(error, "message", None) or str(error)
     return message.strip().splitlines()[0][:300] if message.strip() else type(error).__name__
@@ -198,7 +216,9 @@ def failure_message(error):
     """A TensorFlow error of a collective, as the one-line phrase `WorkerFailed` carries:
     its type, the first line that says what happened (not where), and the tasks named."""
     message = getattr(error, "message", None) or str(error)
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    # Without TensorFlow's names of the failing function, which say nothing to a user.
+    lines = [re.sub(r"\{\{[^}]*\}\}\s*", "", line).strip() for line in message.splitlines()]
+    lines = [line for line in lines if line]
     said = next((line for line in lines if not line.startswith(
         ("Graph execution error", "Detected at node", "File ", "[["))), "")
     tasks = sorted(set(re.findall(r"/job:(chief|worker)/replica:\d+/task:(\d+)", message)))

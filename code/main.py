@@ -10,7 +10,6 @@ Errors the user can fix end with one line on stderr and exit code 2, never a tra
 """
 
 import argparse
-import os
 import sys
 
 import basic_utils
@@ -231,23 +230,20 @@ def main(arguments=None):
         basic_utils.import_tensorflow()
         import training_loop  # noqa: E402  (TensorFlow loads here)
 
-        return training_loop.run(config, arguments=arguments, script=script)
+        return distribution.leave(
+            training_loop.run(config, arguments=arguments, script=script))
     except basic_utils.UserError as error:
         print(f"main.py: error: {error}", file=sys.stderr)
-        return 2
+        return distribution.leave(2)
     except distribution.WorkerFailed as error:
         print(f"main.py: error: {error}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Nothing is left to save (every write is atomic and finished), and TensorFlow's
-        # shutdown would wait at a barrier for the worker that is gone.
-        os._exit(1)
+        return distribution.leave(1)
     except KeyboardInterrupt:
         # Without --overwrite: rerunning with it would start over instead of resuming.
         command = basic_utils.resume_command(script, arguments)
         print(f"\nInterrupted. Completed epochs are kept; resume with: {command}",
               file=sys.stderr)
-        return 130
+        return distribution.leave(130)
 
 
 if __name__ == "__main__":

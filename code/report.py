@@ -20,6 +20,7 @@ import math
 
 import cp_utils
 import run_layout
+import run_record
 
 # The epoch table's columns: history key, the group its header sits under (None: a
 # column of its own), its header, and how its numbers are shown (`format_number`).
@@ -51,7 +52,9 @@ DATA_ROWS = (
     ("class_names", "Classes"),
 )
 # Keys shown elsewhere on the page (versions) or that say nothing about the recipe.
-UNLISTED_KEYS = {"versions", "program", "format_version", "data_dir", "run_dir"}
+UNLISTED_KEYS = {"versions", "program", "format_version", "data_dir", "run_dir",
+                 # shown as one "Distribution" row
+                 "distribute", "devices", "distribution", "distribution_changes"}
 # The figures of the latest epoch: key in `images` -> its file name, what it shows.
 FIGURES = {
     "losses_accs": (run_layout.LOSS_ACCURACY_FILE, "Loss and accuracy per epoch"),
@@ -435,6 +438,13 @@ def _settings_section(record):
     known = {key for key, _ in RECIPE_ROWS + DATA_ROWS} | UNLISTED_KEYS
     recipe = [(label, _setting_text(key, record[key])) for key, label in RECIPE_ROWS
               if key in record]
+    if isinstance(record.get("distribution"), dict):
+        recipe.append(("Distribution", run_record.describe_distribution(record["distribution"])
+                       + (f" ({record['devices']})" if record.get("devices") else "")))
+    for change in record.get("distribution_changes") or []:
+        recipe.append(("Distribution changed", f"after epoch {change['after_epoch']}: "
+                       f"{run_record.describe_distribution(change['from'])} -> "
+                       f"{run_record.describe_distribution(change['to'])}"))
     # Settings this page does not know yet still appear, under their own names.
     recipe += [(key, _setting_text(key, record[key])) for key in sorted(record)
                if key not in known and not isinstance(record[key], dict)]

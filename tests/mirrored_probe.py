@@ -8,6 +8,7 @@ dropout (--model seed) the largest difference between the two-replica run and th
 steps on one device, with the largest weight it saw.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -70,6 +71,14 @@ def main(steps):
                            for value in values)
     result["copies"] = copies
     result["replica_spread"] = spread
+    # Mixed precision under the strategy: the loss scale is one more variable to agree on.
+    mixed, _ = train(dataclasses.replace(config, precision="mixed"), cluster.strategy,
+                     cluster.replicas)
+    result["mixed_spread"] = {
+        name: max(float(np.max(np.abs(value.astype(np.float64) - values[0])))
+                  for value in values)
+        for name, values in ((name, replica_copies(variable))
+                             for name, variable in mixed.named_variables().items())}
 
     # --model seed: no batch norm, no dropout, no augmentation; two replicas against one.
     seed_config = settings.make_config("seed", batch_size=63, epochs=2, precision="float32")

@@ -231,6 +231,9 @@ def test_mirrored_replicas_hold_the_same_variables_and_match_one_device(shared):
     # Every variable, batch norm's moving statistics included, is the same on both replicas.
     assert {name: spread for name, spread in probe["replica_spread"].items() if spread} == {}
     assert any("moving_mean" in name for name in probe["replica_spread"])
+    # So in mixed precision, the loss scale included.
+    assert {name: spread for name, spread in probe["mixed_spread"].items() if spread} == {}
+    assert any("scale" in name for name in probe["mixed_spread"])
     # Without batch norm and dropout the two replicas compute the one-device steps, up to
     # the order in which the gradient sums are added: 6 steps of float32 rounding, allowed
     # 64 units in the last place of the largest weight (about 10 a step).
