@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 
@@ -35,6 +37,9 @@ from basic_utils import UserError
 HEARTBEAT_TIMEOUT_SECONDS = 5
 # How long a finishing worker waits at TensorFlow's shutdown barrier for the others.
 SHUTDOWN_BARRIER_SECONDS = 30
+# How long a worker waits for all of TF_CONFIG's tasks to start before it gives up (alone,
+# TensorFlow waits in silence).
+REGISTER_TIMEOUT_SECONDS = 300
 JOBS = ("chief", "worker")
 # Set once this process has joined a multi-worker cluster (see `leave`).
 joined_cluster = False
@@ -104,7 +109,14 @@ def read_tf_config(environ=os.environ):
         raise UserError(f"TF_CONFIG is not a cluster description ({error}); it must look "
                         'like {"cluster": {"worker": ["host1:port", "host2:port"]}, '
                         '"task": {"type": "worker", "index": 0}}.') from None
-    jobs = {job: list(cluster.get(job) or []) for job in JOBS}
+    jobs = {job: cluster.get(job) or [] for job in JOBS}
+    if isinstance(index, bool) or not all(
+            isinstance(addresses, list) and all(isinstance(a, str) for a in addresses)
+            for addresses in jobs.values()):
+        raise UserError('TF_CONFIG is not a cluster description (each job must list '
+                        '"host:port" addresses, and the task index be an integer); it must '
+                        'look like {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                        '"task": {"type": "worker", "index": 0}}.')
     others = sorted(set(cluster) - set(JOBS))
     if others or task_type not in JOBS or not 0 <= index < len(jobs[task_type]):
         problem = (f"it names jobs {', '.join(others)}, of which this program has no use"
@@ -120,8 +132,9 @@ def read_tf_config(environ=os.environ):
     return jobs, task_type, index, worker, len(jobs["chief"]) + len(jobs["worker"])
 
 
-def create(config):
-    """The `Distribution` of `config.distribute`; call it before any other TensorFlow call."""
+def create(config, note=lambda *_: None):
+    """The `Distribution` of `config.distribute`; call it before any other TensorFlow call.
+    `note` prints a start-up note (that a multi-worker run waits for its workers)."""
     import tensorflow as tf
 
     if config.distribute == "none":
@@ -132,17 +145,51 @@ def create(config):
         return Distribution(strategy, "mirrored", strategy.num_replicas_in_sync,
                             devices=tuple(devices))
     jobs, task_type, index, worker, workers = read_tf_config()
+    note(f"Joining the cluster of TF_CONFIG as {task_type} {index} (worker {worker} of "
+         f"{workers}); waiting up to {REGISTER_TIMEOUT_SECONDS // 60} minutes for every "
+         "worker to start.")
     _configure_coordination(tf, jobs)
+    # Joining blocks until every task of TF_CONFIG has started; a worker that never does
+    # (a wrong address, a command refused before TensorFlow started) must not leave the
+    # others waiting without a word. TensorFlow blocks without letting Python threads or
+    # signal handlers run, so the watch is a small process of its own.
+    addresses = ", ".join(address for job in JOBS for address in jobs[job])
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(REGISTER_TIMEOUT_SECONDS),
+         f"main.py: error: as {task_type} {index}, waited {REGISTER_TIMEOUT_SECONDS // 60} "
+         f"minutes for the other workers of TF_CONFIG ({addresses}) to start; start every "
+         "worker with the same command, and check the addresses and ports."],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except (ValueError, tf.errors.OpError) as error:
         raise UserError(f"cannot join the cluster of TF_CONFIG as {task_type} {index} "
-                        f"({_first_line(error)}); check its addresses and ports.") from None
+                        f"({failure_message(error)}); start every worker it names, with "
+                        "the same command, and check their addresses and ports.") from None
+    finally:
+        watchdog.kill()
+        watchdog.wait()
     global joined_cluster
     joined_cluster = True
     devices = tuple(strategy.extended.worker_devices)
     return Distribution(strategy, "multi-worker", strategy.num_replicas_in_sync,
                         workers=workers, worker=worker, devices=devices)
+
+
+# The watch over joining: after argv[2] seconds it writes argv[3] to standard error and
+# kills process argv[1]; it ends by itself once that process is gone.
+_WATCHDOG = """
+import os, sys, time
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    time.sleep(0.5)
+    if os.getppid() != parent:
+        sys.exit(0)
+sys.stderr.write(message + "\\n")
+sys.stderr.flush()
+os.kill(parent, 9)
+"""
 
 
 def _local_devices(tf, text):
@@ -198,8 +245,6 @@ def leave(code):
     at once. Every write is finished by then, and TensorFlow's shutdown would wait at a
     barrier (up to SHUTDOWN_BARRIER_SECONDS) for workers that are gone or still training,
     which then wait for this one."""
-    import sys
-
     if joined_cluster and code != 0:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -274,6 +319,27 @@ def share_from_chief(distribution, arrays):
         result.append(shared[start:start + len(part)].view(array.dtype).reshape(array.shape))
         start += len(part)
     return result
+
+
+def sum_over_replicas(distribution, values):
+    """The sum over every replica of all workers of each worker's int32 `values` (a NumPy
+    vector), on every worker: with the same number of replicas per worker, a worker's
+    contribution counts that many times."""
+    import tensorflow as tf
+
+    strategy = distribution.strategy
+
+    @tf.function
+    def add(values):
+        def replica(values):
+            # identity: a value made on the replica's device (the all-reduce of the input
+            # tensor itself finds no device to send to).
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                                  tf.identity(values))
+
+        return strategy.experimental_local_results(strategy.run(replica, args=(values,)))[0]
+
+    return add(tf.constant(np.asarray(values, np.int32))).numpy()
 
 
 def digest(value):

@@ -68,7 +68,7 @@ def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
     """
     # The strategy first: logical devices and a cluster can only be set up before
     # TensorFlow starts its runtime.
-    cluster = distribution.create(config)
+    cluster = distribution.create(config, note=print if not config.quiet else lambda *_: None)
     # Where the data come from is worth saying even with --quiet (the packaged digits are
     # a fallback the user must notice), so the loading notes always go out.
     data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out,
@@ -95,13 +95,14 @@ def _run_worker(run):
     cluster = run.distribution
     run.note(f"Worker {cluster.worker} of {cluster.workers}: the chief (worker 0) writes "
              "the run directory; this worker writes nothing.")
-    run.config = dataclasses.replace(run.config, precision=settings.resolve_precision(
-        run.config.precision, None, bool(tf.config.list_physical_devices("GPU"))))
-    run.record = run_record.make_record(run.config, run.data.info, library_versions())
-    run.record["distribution"] = cluster.record()
     run.stop_signal = basic_utils.StopSignal()
     try:
         with _worker_failures(run):
+            # The precision comes from the chief, which alone knows what a resumed run
+            # was trained in.
+            _agree_on_settings(run)
+            run.record = run_record.make_record(run.config, run.data.info, library_versions())
+            run.record["distribution"] = cluster.record()
             state = _build_state(run)
             _share_state(run, state)
             if state.epoch > run.config.epochs:
@@ -128,6 +129,8 @@ def _run_in(run):
     run.record["distribution"] = run.distribution.record()
     if saved is not None:
         _check_continuation(run, saved)
+    with _worker_failures(run):
+        _agree_on_settings(run)
     with _disk_errors(run):
         removed = directory.remove_temporaries()
     if removed:
@@ -166,12 +169,12 @@ def _check_continuation(run, saved):
     run_record.check_compatible(run.directory.path, saved, run.record)
     changed = run_record.version_differences(saved, run.record)
     moved = run_record.carry_distribution(saved, run.record, run.directory.latest_epoch)
-    if moved:
-        changed.append(f"distribution {moved}")
-    if changed:
-        run.note(f"Note: this run continues with other libraries or kernels than it was "
-                f"trained with so far ({'; '.join(changed)}); it resumes correctly, but its "
-                "numbers will differ slightly from a run that never stopped.")
+    parts = ([f"other libraries or kernels ({'; '.join(changed)})"] if changed else [])
+    parts += [f"another distribution ({moved})"] if moved else []
+    if parts and run.directory.latest_epoch < run.config.epochs:
+        run.note(f"Note: this run continues with {' and '.join(parts)} than it was trained "
+                 "with so far; it resumes correctly, but its numbers will differ slightly "
+                 "from a run that never changed.")
 
 
 def _report_complete(run):
@@ -231,26 +234,52 @@ def _build_state(run):
                                           strategy=run.distribution.strategy)
 
 
-def _share_state(run, state):
-    """Give every worker of a multi-worker run the chief's state: its variables and its
-    place in the run (the chief alone reads the run directory), after checking that the
-    workers were started with the same settings and data."""
+def _agree_on_settings(run):
+    """In a multi-worker run, before any variable is made (making one is a step every
+    worker takes together): the chief tells the others its resolved precision, and all
+    compare their settings and data with the chief's, so that workers started differently
+    all stop with one line instead of computing different things."""
     cluster = run.distribution
     if cluster.workers == 1:
         return
-    same = {name: run.record[name] for name in (*settings.RESULT_SETTINGS, "epochs",
-                                                 *run_record.DATA_KEYS)}
-    position = np.array([state.epoch, state.step, distribution.digest(same)], np.int64)
+    config = run.config
+    same = {name: getattr(config, name) for name in settings.RESULT_SETTINGS
+            if name != "precision"}
+    same.update(epochs=config.epochs, data=run.data.info["fingerprint"])
+    mine = np.array([distribution.digest(same), settings.PRECISIONS.index(config.precision)],
+                    np.int64)
+    chief = distribution.share_from_chief(cluster, [mine])[0]
+    precision = settings.PRECISIONS[int(chief[1])]
+    differs = chief[0] != mine[0] or config.precision not in ("auto", precision)
+    if not differs:
+        run.config = dataclasses.replace(config, precision=precision)
+    replicas_per_worker = cluster.replicas // cluster.workers
+    others = int(distribution.sum_over_replicas(cluster, [int(differs)])[0]
+                 ) // replicas_per_worker
+    if differs:
+        raise basic_utils.UserError(
+            f"worker {cluster.worker} was started with other settings or data than the "
+            "chief (worker 0); start every worker with the same command and the same data.")
+    if others:
+        raise basic_utils.UserError(
+            f"{_count(others, 'worker')} of this run {'was' if others == 1 else 'were'} "
+            "started with other settings or data than the chief (worker 0); start every "
+            "worker with the same command and the same data.")
+
+
+def _share_state(run, state):
+    """Give every worker of a multi-worker run the chief's state: its variables and its
+    place in the run (the chief alone reads the run directory)."""
+    cluster = run.distribution
+    if cluster.workers == 1:
+        return
+    position = np.array([state.epoch, state.step], np.int64)
     numbers = np.array([*state.train_sums, state.seconds], np.float64)
     variables = list(state.named_variables().values())
     shared = distribution.share_from_chief(
         cluster, [position, numbers] + [np.asarray(variable.numpy()) for variable in variables])
     if cluster.is_chief:
         return
-    if shared[0][2] != position[2]:
-        raise basic_utils.UserError(
-            f"worker {cluster.worker} was started with other settings or data than the "
-            "chief (worker 0); start every worker with the same command and the same data.")
     for variable, value in zip(variables, shared[2:]):
         variable.assign(value)
     state.epoch, state.step = int(shared[0][0]), int(shared[0][1])
@@ -345,7 +374,8 @@ def _train_epochs(run, state):
                 + (" (on every worker)" if run.distribution.workers > 1 else ""))
         return 128 + stop.signal_number
     except basic_utils.Diverged as problem:
-        kept = (f"{run.saved} stays the newest state of {run.directory.path}" if run.saved
+        kept = ("the chief's checkpoints stay as they are" if run.directory is None
+                else f"{run.saved} stays the newest state of {run.directory.path}" if run.saved
                 else f"{run.directory.path} holds no checkpoint of this run yet")
         raise basic_utils.UserError(
             f"training diverged in epoch {state.epoch} at step "
@@ -353,6 +383,10 @@ def _train_epochs(run, state):
             f"{problem}. Nothing computed since is saved; {kept}. Lower --learning-rate (it "
             f"is {config.learning_rate:g}) and start over with --overwrite or another "
             "--run-dir.") from None
+    if run.distribution.workers > 1:
+        # The chief arrives here once the last epoch is published: no worker reports
+        # success before that (a failed last publish ends the others with one line).
+        run.steps.agree_to_stop(train_validation_test.stop_flags(None))
     if not run.distribution.is_chief:
         run.out(f"Done: {_count(config.epochs, 'epoch')}"
                 + (f". Final test accuracy {100 * state.history[-1]['test_accuracy']:.2f}%"
@@ -447,12 +481,15 @@ def _train_rest_of_epoch(run, state, laps):
 
     def after_step(sums, agreed):
         step = state.step + 1
-        # `agreed`: the signal any worker had received by this step (every worker sees the
-        # same). One in the epoch's last step lets the epoch finish and be published.
+        # `agreed`: the signal any worker had received when this step began (every worker
+        # sees the same). On one device a signal that came during the step counts too.
+        # One in the epoch's last step lets the epoch finish and be published.
+        if agreed is None and not run.distribution.distributed:
+            agreed = run.stop_signal.received
         stopping = agreed is not None and step < data.steps_per_epoch
         save = stopping or bool(every and step % every == 0 and step < data.steps_per_epoch)
-        if save and writes:
-            state.check_finite()
+        if save:
+            state.check_finite()  # on every worker: they hold the same values
         state.step, state.train_sums = step, sums.copy()
         state.seconds = earlier + laps.elapsed()
         if save and writes:
@@ -692,7 +729,8 @@ def _worker_failures(run):
         return
     try:
         yield
-    except tf.errors.OpError as error:
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError) as error:
         kept = ("the chief's checkpoints stay as they are" if run.directory is None
                 else f"{run.saved} stays the newest state" if run.saved
                 else "no checkpoint of this run was written yet")

@@ -261,7 +261,7 @@ def test_mirrored_runs_are_complete_repeatable_and_continue_on_another_count(sha
         "one", [*RECIPE[:-1], "--epochs", "2", "--data-dir", shared["data"], "--run-dir",
                 again]))
     assert code == 0, err
-    assert "distribution mirrored, 2 replicas -> none, 1 replica" in out
+    assert "another distribution (mirrored, 2 replicas -> none, 1 replica)" in out
     assert "numbers will differ slightly" in out
     record = json.loads((again / "config.json").read_text())
     assert record["distribution"] == {"strategy": "none", "replicas": 1, "workers": 1}
