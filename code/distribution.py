@@ -97,8 +97,8 @@ def read_tf_config(environ=os.environ):
     if not text:
         raise UserError("--distribute multi-worker needs the TF_CONFIG environment variable "
                         "(the cluster's addresses and this task's place in it; README, "
-                        "'Several GPUs and machines'); set it, or use --distribute mirrored "
-                        "on one machine.")
+                        "'One GPU, several GPUs and machines'); set it, or use "
+                        "--distribute mirrored on one machine.")
     try:
         tf_config = json.loads(text)
         cluster, task = tf_config["cluster"], tf_config["task"]
