@@ -129,3 +129,16 @@ def epoch_timings(output):
 def read_metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def free_ports(count):
+    """`count` TCP ports on 127.0.0.1 that were free a moment ago (for local clusters)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports

@@ -15,26 +15,15 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from bench_utils import CODE, DEFAULT_DATA_DIR, machine, run_benchmark
+from bench_utils import CODE, DEFAULT_DATA_DIR, free_ports, machine, run_benchmark
 
 LIMIT = 300  # seconds a trial may wait for anything
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def trial(data_dir, folder, action, victim):

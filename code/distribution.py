@@ -252,11 +252,6 @@ def leave(code):
     return code
 
 
-def _first_line(error):
-    message = getattr(error, "message", None) or str(error)
-    return message.strip().splitlines()[0][:300] if message.strip() else type(error).__name__
-
-
 def failure_message(error):
     """A TensorFlow error of a collective, as the one-line phrase `WorkerFailed` carries:
     its type, the first line that says what happened (not where), and the tasks named."""

@@ -68,12 +68,12 @@ def run(config, raw=None, out=print, arguments=(), script="code/main.py"):
     """
     # The strategy first: logical devices and a cluster can only be set up before
     # TensorFlow starts its runtime.
-    cluster = distribution.create(config, note=print if not config.quiet else lambda *_: None)
+    note = (lambda *_: None) if config.quiet else out
+    cluster = distribution.create(config, note=note)
     # Where the data come from is worth saying even with --quiet (the packaged digits are
     # a fallback the user must notice), so the loading notes always go out.
     data = dataset_utils.load_processing_mnist(config, raw=raw, announce=out,
                                                replicas=cluster.replicas)
-    note = (lambda *_: None) if config.quiet else out
     command = basic_utils.resume_command(script, arguments)
     mode = progress.choose_mode(config.quiet)
     if not cluster.is_chief:
@@ -404,12 +404,11 @@ def _train_epochs(run, state):
 def _check_stop(run):
     """Between epochs: stop when a signal arrived, on every worker alike (they agree
     through one reduction, so none goes on into an epoch the others left)."""
-    received = run.stop_signal.received
     if not run.distribution.distributed:
         run.stop_signal.check()
         return
     agreed = train_validation_test.agreed_signal(run.steps.agree_to_stop(
-        train_validation_test.stop_flags(received)).numpy())
+        train_validation_test.stop_flags(run.stop_signal.received)).numpy())
     if agreed is not None:
         raise basic_utils.StopRequested(agreed)
 

@@ -9,7 +9,6 @@ are killed by PID when it ends, whatever happened.
 import json
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import distribution
 import helpers
 import settings
 from basic_utils import UserError
+from bench_utils import free_ports
 
 PROCESS_LIMIT = 240  # seconds any one run under a strategy may take here
 # A 3-layer network with batch norm, augmentation and a weight average, so that every
@@ -120,16 +120,6 @@ def test_distribute_flags_are_checked_before_tensorflow():
 # ----------------------------------------------------------------------------------------
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 class Processes:
     """main.py subprocesses with their output in files; `finish` kills what is left."""
 
@@ -148,7 +138,7 @@ class Processes:
 
     def workers(self, name, arguments, folders):
         """Two multi-worker processes, each in its own folder (its "machine")."""
-        ports = _free_ports(2)
+        ports = free_ports(2)
         cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
         return [self.start(f"{name}-{index}", ["--distribute", "multi-worker", *arguments],
                            cwd=folder, TF_CONFIG=json.dumps(
